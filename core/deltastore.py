@@ -1,0 +1,540 @@
+"""Logical files over the deltaglider layout: put/get/stat/list/delete/rename/attributes.
+
+A logical key `dir/name` is stored either as `dir/name.delta` (xdelta3 against
+`dir/reference.bin`), as `dir/name` with `dg-compression: none` (direct), or is a foreign
+object `dir/name` without dg metadata (plain, served as is). All methods are synchronous and
+thread-safe; the FUSE layer calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from core import TOOL_NAME, codec, layout
+from core.config import DeltaSettings
+from core.errors import IntegrityError, NotFound, PreconditionFailed
+from core.hashing import sha256_file
+from core.layout import Kind, ObjectRecord, PosixAttrs
+from core.objectstore import ObjectInfo, ObjectStore
+from core.policy import looks_related, may_delta, sniff, suffix_of
+
+log = logging.getLogger("dgfs.store")
+
+HEAD_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A deltaspace's `reference.bin` as its HEAD describes it."""
+
+    key: str
+    sha256: str
+    size: int
+    source_name: str
+
+
+@dataclass
+class DirListing:
+    """One level of a prefix, from LIST only (no HEAD): logical names to stored objects."""
+
+    files: dict[str, ObjectInfo] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=set)
+    markers: dict[str, ObjectInfo] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    reference: ObjectInfo | None = None
+
+
+def _valid_segment(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and len(name.encode()) <= 255 and "\0" not in name
+
+
+class DeltaStore:
+    """put/get/stat/list/delete/rename of logical files in one bucket (deltaglider layout)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        settings: DeltaSettings,
+        cache=None,
+        workdir: Path | None = None,
+        tool: str = TOOL_NAME,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.cache = cache
+        self.tool = tool
+        self._own_workdir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="dgfs-work-")) if workdir is None else workdir
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._refs: dict[str, Reference] = {}
+        self._refs_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Remove the private work directory if this store created it."""
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @contextmanager
+    def _scratch(self) -> Iterator[Path]:
+        """A private temp directory for one operation, removed afterwards."""
+        path = Path(tempfile.mkdtemp(dir=self.workdir))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # ------------------------------------------------------------ stat / list
+
+    def head_record(self, stored_key: str) -> ObjectRecord:
+        """HEAD one stored key and classify it (NotFound if missing)."""
+        info = self.store.head(stored_key)
+        return layout.record_from_head(
+            stored_key, info.size, info.etag, info.last_modified_ns, info.metadata or {}
+        )
+
+    def stat(self, logical_key: str) -> ObjectRecord:
+        """The record of a logical file: `name` or `name.delta`, the newer when both exist."""
+        found = []
+        for key in (logical_key, layout.delta_key(logical_key)):
+            try:
+                found.append(self.head_record(key))
+            except NotFound:
+                continue
+        if not found:
+            raise NotFound(f"{logical_key}: no such file")
+        return max(found, key=lambda r: (r.last_modified_ns, r.kind != Kind.DELTA))
+
+    def list_dir(self, prefix: str) -> DirListing:
+        """One directory level (prefix '' = root) from LIST pages only.
+
+        Hidden: references, `.deltaglider/`, `.dgfs/`. Skipped (reported): names that cannot be
+        file names, and a file whose name is also a directory (the directory wins). When both
+        `x` and `x.delta` exist the newer wins and the other is listed in `stale`.
+        """
+        base = f"{prefix}/" if prefix else ""
+        listing = DirListing()
+        for page in self.store.list_pages(base):
+            for p in page.prefixes:
+                name = p[len(base) : -1]
+                if name in layout.HIDDEN_SEGMENTS:
+                    continue
+                if _valid_segment(name):
+                    listing.dirs.add(name)
+                else:
+                    listing.skipped.append(p)
+            for obj in page.objects:
+                self._classify_listed(listing, base, obj)
+        for name in list(listing.files):
+            if name in listing.dirs:
+                listing.skipped.append(listing.files.pop(name).key)
+        return listing
+
+    def _classify_listed(self, listing: DirListing, base: str, obj: ObjectInfo) -> None:
+        name = obj.key[len(base) :]
+        if name == "":
+            listing.markers[""] = obj  # the directory's own marker
+            return
+        if name == layout.REFERENCE_NAME:
+            listing.reference = obj
+            return
+        logical = name[: -len(layout.DELTA_SUFFIX)] if name.endswith(layout.DELTA_SUFFIX) else name
+        if not _valid_segment(logical):
+            listing.skipped.append(obj.key)
+            return
+        other = listing.files.get(logical)
+        if other is None:
+            listing.files[logical] = obj
+            return
+        newer, older = (
+            (obj, other) if obj.last_modified_ns > other.last_modified_ns else (other, obj)
+        )
+        listing.files[logical] = newer
+        listing.stale.append(older.key)
+
+    def records(self, objects: list[ObjectInfo]) -> list[ObjectRecord]:
+        """HEAD many listed objects with bounded parallelism (records in the same order)."""
+        with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
+            return list(pool.map(lambda o: self.head_record(o.key), objects))
+
+    def list(self, prefix: str) -> list[ObjectRecord]:
+        """Logical files directly under `prefix` with their original sizes, sorted by name."""
+        listing = self.list_dir(prefix)
+        names = sorted(listing.files)
+        return self.records([listing.files[n] for n in names])
+
+    # ------------------------------------------------------------ references
+
+    def reference(self, prefix: str) -> Reference | None:
+        """The deltaspace's reference (remembered once seen), or None if it has none."""
+        with self._refs_lock:
+            known = self._refs.get(prefix)
+        if known is not None:
+            return known
+        try:
+            record = self.head_record(layout.reference_key(prefix))
+        except NotFound:
+            return None
+        return self._remember_reference(prefix, record.stored_key, record)
+
+    def _remember_reference(self, prefix: str, key: str, record: ObjectRecord) -> Reference:
+        if not record.sha256:
+            raise IntegrityError(f"{key}: reference without dg-file-sha256")
+        ref = Reference(
+            key, record.sha256, record.stored_size, record.metadata.get("dg-source-name", "")
+        )
+        with self._refs_lock:
+            self._refs[prefix] = ref
+        return ref
+
+    def _forget_reference(self, prefix: str) -> None:
+        with self._refs_lock:
+            self._refs.pop(prefix, None)
+
+    def _fetch_verified(self, key: str, sha256: str, out: Path) -> None:
+        """Download `key` into `out` and check its SHA-256 (IntegrityError naming the key)."""
+        with out.open("wb") as f:
+            _, digest = self.store.download(key, f)
+        if digest != sha256:
+            raise IntegrityError(f"{key}: sha256 mismatch (expected {sha256}, got {digest})")
+
+    def _reference_file(self, ref_key: str, ref_sha256: str, out: Path) -> None:
+        """Materialise a verified reference into `out`, through the cache when there is one."""
+        if self.cache is None:
+            self._fetch_verified(ref_key, ref_sha256, out)
+            return
+        entry = self.cache.get_or_create(
+            ref_sha256, lambda tmp: self._fetch_verified(ref_key, ref_sha256, tmp)
+        )
+        with entry:
+            entry.copy_to(out)
+
+    def _create_reference(self, prefix: str, src: Path, sha256: str, name: str) -> bool:
+        """Try to make `src` the deltaspace's reference (If-None-Match: *); True if we won."""
+        key = layout.reference_key(prefix)
+        meta = layout.fit_metadata(layout.reference_metadata(self.tool, name, sha256))
+        try:
+            self.store.put_file(key, src, layout.encode_metadata(meta), if_none_match=True)
+        except PreconditionFailed:
+            log.info("reference %s: another writer created it first; encoding against theirs", key)
+            self._forget_reference(prefix)
+            return False
+        with self._refs_lock:
+            self._refs[prefix] = Reference(key, sha256, src.stat().st_size, name)
+        return True
+
+    # ------------------------------------------------------------ put
+
+    def put(
+        self,
+        src: Path,
+        logical_key: str,
+        attrs: PosixAttrs | None = None,
+        xattrs: dict[str, bytes] | None = None,
+        previous: ObjectRecord | None = None,
+        force_direct: bool = False,
+    ) -> ObjectRecord:
+        """Store a local file as `logical_key`: delta when it pays, direct otherwise.
+
+        Rule for the reference: the first delta-eligible file written to a deltaspace becomes
+        its `reference.bin` (created with If-None-Match: *, so concurrent first writers agree
+        on one) and is stored as a zero-diff self-delta, as deltaglider does. Later files are
+        encoded against it; a delta larger than `max_ratio` × original is stored direct.
+        The new object is written before the other form (`x` vs `x.delta`) is deleted.
+        `previous`: the record being replaced if the caller knows it (saves HEADs).
+        """
+        layout.check_logical_name(logical_key)
+        extra = layout.posix_attrs_to_meta(attrs or PosixAttrs())
+        extra.update(layout.xattrs_to_meta(xattrs or {}))
+        size = src.stat().st_size
+        sha = sha256_file(src)
+        prefix = layout.deltaspace_of(logical_key)
+        name = logical_key.rsplit("/", 1)[-1]
+        record = None
+        if not force_direct and may_delta(self.settings, logical_key, size):
+            record = self._put_delta(src, logical_key, prefix, name, size, sha, extra)
+        if record is None:
+            meta = layout.fit_metadata(
+                {**layout.direct_metadata(self.tool, name, sha, size), **extra}
+            )
+            self.store.put_file(logical_key, src, layout.encode_metadata(meta))
+            record = self._written(logical_key, Kind.DIRECT, size, size, sha, meta)
+        self._remove_other_form(logical_key, record.kind, previous)
+        return record
+
+    def _put_delta(
+        self,
+        src: Path,
+        logical_key: str,
+        prefix: str,
+        name: str,
+        size: int,
+        sha: str,
+        extra: dict[str, str],
+    ) -> ObjectRecord | None:
+        ref = self.reference(prefix)
+        with self._scratch() as tmp:
+            delta_path = tmp / "delta"
+            if ref is None and self._create_reference(prefix, src, sha, name):
+                ref = self.reference(prefix)
+                codec.encode(src, src, delta_path)
+                zero_diff = True
+            else:
+                ref = ref or self.reference(prefix)
+                if ref is None:
+                    raise NotFound(f"{layout.reference_key(prefix)}: vanished during create")
+                same_suffix = suffix_of(name) == suffix_of(ref.source_name) != ""
+                ref_path = tmp / "reference"
+                head = sniff(src)
+                if ref.sha256 == sha:
+                    shutil.copyfile(src, ref_path)
+                else:
+                    self._reference_file(ref.key, ref.sha256, ref_path)
+                    if not looks_related(head, sniff(ref_path), same_suffix):
+                        return None
+                codec.encode(ref_path, src, delta_path)
+                zero_diff = ref.sha256 == sha
+            delta_size = delta_path.stat().st_size
+            if size and delta_size > self.settings.max_ratio * size and not zero_diff:
+                log.info(
+                    "%s: delta %d / %d bytes exceeds max ratio; storing direct",
+                    logical_key,
+                    delta_size,
+                    size,
+                )
+                return None
+            meta = layout.delta_metadata(
+                self.tool, name, sha, size, ref.key, ref.sha256, delta_size, zero_diff
+            )
+            meta = layout.fit_metadata({**meta, **extra})
+            self.store.put_file(
+                layout.delta_key(logical_key), delta_path, layout.encode_metadata(meta)
+            )
+            self._ensure_reference_after_write(prefix, ref, tmp, src if zero_diff else None)
+        record = self._written(
+            layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta
+        )
+        return replace(record, ref_key=ref.key, ref_sha256=ref.sha256)
+
+    def _ensure_reference_after_write(
+        self, prefix: str, ref: Reference, tmp: Path, local: Path | None
+    ) -> None:
+        """Writer half of the delete protocol: the reference must exist after our delta does.
+
+        If a concurrent delete removed it between our encode and our PUT, put it back from the
+        bytes we encoded against (conditional create, so two restorers agree).
+        """
+        try:
+            self.store.head(ref.key)
+            return
+        except NotFound:
+            pass
+        source = local or tmp / "reference"
+        if not source.exists():
+            return
+        log.warning("%s: reference vanished while writing; restoring it", ref.key)
+        try:
+            meta = layout.reference_metadata(self.tool, ref.source_name, ref.sha256)
+            self.store.put_file(
+                ref.key,
+                source,
+                layout.encode_metadata(layout.fit_metadata(meta)),
+                if_none_match=True,
+            )
+        except PreconditionFailed:
+            pass
+        self._forget_reference(prefix)
+
+    def _written(
+        self, key: str, kind: Kind, stored: int, size: int, sha: str, meta: dict[str, str]
+    ) -> ObjectRecord:
+        logical = key[: -len(layout.DELTA_SUFFIX)] if kind == Kind.DELTA else key
+        return ObjectRecord(
+            logical_key=logical,
+            stored_key=key,
+            kind=kind,
+            stored_size=stored,
+            original_size=size,
+            etag="",
+            last_modified_ns=0,
+            sha256=sha,
+            tool=self.tool,
+            attrs=layout.posix_attrs_from(meta),
+            xattrs=layout.xattrs_from(meta),
+            metadata=meta,
+        )
+
+    def _remove_other_form(
+        self, logical_key: str, kind: Kind, previous: ObjectRecord | None
+    ) -> None:
+        other_key = logical_key if kind == Kind.DELTA else layout.delta_key(logical_key)
+        if previous is not None and previous.stored_key != other_key:
+            return
+        if previous is None:
+            try:
+                self.store.head(other_key)
+            except NotFound:
+                return
+        self.store.delete(other_key)
+        if other_key.endswith(layout.DELTA_SUFFIX):
+            self._release_reference(layout.deltaspace_of(logical_key))
+
+    # ------------------------------------------------------------ get
+
+    def get(self, logical_key: str, out: Path, record: ObjectRecord | None = None) -> ObjectRecord:
+        """Reconstruct a logical file into `out` straight from S3 (no cache), SHA-256 checked."""
+        record = record or self.stat(logical_key)
+        self.reconstruct(record, out)
+        return record
+
+    def reconstruct(self, record: ObjectRecord, out: Path) -> None:
+        """Write the original bytes of `record` to `out`; IntegrityError names the bad key."""
+        if record.kind != Kind.DELTA:
+            with out.open("wb") as f:
+                _, digest = self.store.download(record.stored_key, f)
+            if record.sha256 and digest != record.sha256:
+                raise IntegrityError(f"{record.stored_key}: sha256 mismatch (object corrupted)")
+            return
+        if not record.ref_sha256 or not record.ref_key:
+            raise IntegrityError(f"{record.stored_key}: delta without reference sha256")
+        with self._scratch() as tmp:
+            ref_path, delta_path = tmp / "reference", tmp / "delta"
+            self._reference_file(record.ref_key, record.ref_sha256, ref_path)
+            with delta_path.open("wb") as f:
+                self.store.download(record.stored_key, f)
+            try:
+                codec.decode(ref_path, delta_path, out)
+            except Exception as exc:
+                raise IntegrityError(f"{record.stored_key}: cannot decode ({exc})") from None
+        digest = sha256_file(out)
+        if digest != record.sha256:
+            raise IntegrityError(f"{record.stored_key}: reconstructed sha256 mismatch")
+
+    def open_cached(self, record: ObjectRecord):
+        """A pinned cache entry holding the original bytes of `record` (reconstructed once)."""
+        if record.kind == Kind.PLAIN or not record.sha256:
+            return self.cache.get_or_create_plain(
+                self.store.bucket,
+                record.stored_key,
+                record.etag,
+                lambda tmp: self.reconstruct(record, tmp),
+            )
+        return self.cache.get_or_create(record.sha256, lambda tmp: self.reconstruct(record, tmp))
+
+    # ------------------------------------------------------------ delete
+
+    def delete(self, record: ObjectRecord) -> None:
+        """Delete a logical file; a delta's reference goes when no delta of its deltaspace is left.
+
+        Delete protocol (safe against a writer in another process encoding against the
+        reference right now): list the deltaspace (delimited, so sibling prefixes such as
+        `releases2/` never count); if no `.delta` remains, keep the reference's bytes, delete it,
+        and list again: if a delta appeared meanwhile, restore the reference (conditional
+        create). A writer, after putting its delta, HEADs the reference and restores it from its
+        own copy if it is gone. Whichever order the requests land in, a delta never outlives its
+        reference.
+        """
+        self.store.delete(record.stored_key)
+        if record.kind == Kind.DELTA:
+            self._release_reference(layout.deltaspace_of(record.stored_key))
+
+    def _has_deltas(self, prefix: str) -> bool:
+        base = f"{prefix}/" if prefix else ""
+        return any(
+            o.key.endswith(layout.DELTA_SUFFIX)
+            for page in self.store.list_pages(base)
+            for o in page.objects
+        )
+
+    def _release_reference(self, prefix: str) -> None:
+        if self._has_deltas(prefix):
+            return
+        ref = self.reference(prefix)
+        self._forget_reference(prefix)
+        if ref is None:
+            return
+        with self._scratch() as tmp:
+            kept = tmp / "reference"
+            self._reference_file(ref.key, ref.sha256, kept)
+            self.store.delete(ref.key)
+            if self._has_deltas(prefix):
+                log.warning("%s: a delta appeared while deleting; restoring reference", ref.key)
+                meta = layout.reference_metadata(self.tool, ref.source_name, ref.sha256)
+                try:
+                    self.store.put_file(
+                        ref.key, kept, layout.encode_metadata(meta), if_none_match=True
+                    )
+                except PreconditionFailed:
+                    pass
+
+    # ------------------------------------------------------------ rename / attributes
+
+    def rename(
+        self, record: ObjectRecord, dst_logical: str, replaced: ObjectRecord | None = None
+    ) -> ObjectRecord:
+        """Move a logical file. Same deltaspace (or no delta): server-side copy + delete.
+        Across deltaspaces a delta is re-encoded against the destination's reference."""
+        layout.check_logical_name(dst_logical)
+        same_space = layout.deltaspace_of(record.logical_key) == layout.deltaspace_of(dst_logical)
+        if record.kind == Kind.DELTA and not same_space:
+            with self._scratch() as tmp:
+                self.reconstruct(record, tmp / "file")
+                new = self.put(tmp / "file", dst_logical, record.attrs, record.xattrs, replaced)
+        else:
+            dst_key = layout.delta_key(dst_logical) if record.kind == Kind.DELTA else dst_logical
+            meta = dict(record.metadata)
+            if "dg-original-name" in meta:
+                meta["dg-original-name"] = dst_logical.rsplit("/", 1)[-1]
+            meta = layout.fit_metadata(meta)
+            self.store.copy(record.stored_key, dst_key, layout.encode_metadata(meta))
+            new = replace(record, logical_key=dst_logical, stored_key=dst_key, metadata=meta)
+            self._remove_other_form(dst_logical, record.kind, replaced)
+        if record.stored_key != new.stored_key:
+            if record.kind == Kind.DELTA and not same_space:
+                self.delete(record)
+            else:
+                self.store.delete(record.stored_key)
+        return new
+
+    def set_attrs(
+        self, record: ObjectRecord, attrs: PosixAttrs, xattrs: dict[str, bytes] | None = None
+    ) -> ObjectRecord:
+        """Replace POSIX attributes (and user xattrs) with a self-copy; no data re-upload."""
+        meta = {
+            k: v
+            for k, v in record.metadata.items()
+            if k not in (layout.META_MODE, layout.META_UID, layout.META_GID, layout.META_MTIME)
+            and not k.startswith(layout.XATTR_META_PREFIX)
+        }
+        meta.update(layout.posix_attrs_to_meta(attrs))
+        new_xattrs = record.xattrs if xattrs is None else xattrs
+        meta.update(layout.xattrs_to_meta(new_xattrs))
+        meta = layout.fit_metadata(meta)
+        self.store.copy(record.stored_key, record.stored_key, layout.encode_metadata(meta))
+        return replace(
+            record, attrs=layout.posix_attrs_from(meta), xattrs=new_xattrs, metadata=meta
+        )
+
+    # ------------------------------------------------------------ directories
+
+    def make_dir(self, logical_dir: str, attrs: PosixAttrs | None = None) -> None:
+        """Write the `dir/` marker object (as s3fs and the AWS console do)."""
+        meta = layout.posix_attrs_to_meta(attrs or PosixAttrs())
+        self.store.put_bytes(logical_dir.rstrip("/") + "/", b"", layout.encode_metadata(meta))
+
+    def remove_dir_marker(self, logical_dir: str) -> None:
+        self.store.delete(logical_dir.rstrip("/") + "/")
+
+    def cleanup_stale(self, stale_keys: list[str]) -> None:
+        """Delete the older form of files that exist as both `x` and `x.delta`."""
+        for key in stale_keys:
+            log.info("%s: removing stale form left by an interrupted overwrite", key)
+            self.store.delete(key)

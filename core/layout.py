@@ -1,0 +1,374 @@
+"""The deltaglider bucket layout as pure functions: keys, metadata ⇄ records. No I/O.
+
+See `docs/FORMAT.md` (and deltaglider-format.md in the spec) for the layout itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import posixpath
+import stat
+from dataclasses import dataclass, field
+from email.header import decode_header
+from enum import StrEnum
+
+from core.errors import InvalidName, MetadataTooLarge
+
+REFERENCE_NAME = "reference.bin"
+DELTA_SUFFIX = ".delta"
+HIDDEN_SEGMENTS = (".deltaglider", ".dgfs")
+METADATA_LIMIT = 2048  # S3: sum of UTF-8 bytes of user metadata keys and values
+ENCODED_PREFIX = "=?UTF-8?B?"
+ENCODED_SUFFIX = "?="
+
+# dgfs's own POSIX attribute keys (deltaglider ignores unknown keys).
+META_MODE, META_UID, META_GID, META_MTIME = "dgfs-mode", "dgfs-uid", "dgfs-gid", "dgfs-mtime"
+XATTR_META_PREFIX = "dgfs-x-"
+
+
+class Kind(StrEnum):
+    """How a logical file is stored."""
+
+    DELTA = "delta"  # `<name>.delta`, xdelta3 against the deltaspace's reference
+    DIRECT = "direct"  # `<name>` raw, with dg metadata and `dg-compression: none`
+    PLAIN = "plain"  # `<name>` raw, written by another tool, no sha256
+
+
+@dataclass(frozen=True)
+class PosixAttrs:
+    """POSIX attributes kept in object metadata; None = not recorded."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    """What the store knows about one logical file, from one HEAD."""
+
+    logical_key: str
+    stored_key: str
+    kind: Kind
+    stored_size: int
+    original_size: int
+    etag: str
+    last_modified_ns: int
+    sha256: str | None = None
+    ref_key: str | None = None
+    ref_sha256: str | None = None
+    tool: str | None = None
+    attrs: PosixAttrs = field(default_factory=PosixAttrs)
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """Stored over original bytes (the sense of DG_MAX_RATIO); 0 for empty files."""
+        return self.stored_size / self.original_size if self.original_size else 0.0
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.attrs.mode is not None and stat.S_ISLNK(self.attrs.mode)
+
+
+# ---------------------------------------------------------------- keys
+
+
+def deltaspace_of(key: str) -> str:
+    """The parent prefix of a key ('' at the bucket root), as deltaglider computes it."""
+    return key.rsplit("/", 1)[0] if "/" in key else ""
+
+
+def join_key(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+def reference_key(prefix: str) -> str:
+    return join_key(prefix, REFERENCE_NAME)
+
+
+def delta_key(logical_key: str) -> str:
+    return logical_key + DELTA_SUFFIX
+
+
+def reference_for_ref_key(ref_key: str) -> str:
+    """deltaglider's rule: the base of a delta is `dirname(dg-ref-key)/reference.bin`."""
+    return reference_key(posixpath.dirname(ref_key))
+
+
+def is_hidden_key(key: str) -> bool:
+    """Keys a filesystem view never shows: references and tool-private prefixes."""
+    parts = key.split("/")
+    return parts[-1] == REFERENCE_NAME or any(p in HIDDEN_SEGMENTS for p in parts[:-1])
+
+
+def check_logical_name(logical_key: str) -> None:
+    """Refuse names that would collide with the layout (documented in docs/SEMANTICS.md)."""
+    name = logical_key.rsplit("/", 1)[-1]
+    if not name or name in (".", ".."):
+        raise InvalidName(f"{logical_key!r}: empty or dot name")
+    if name == REFERENCE_NAME:
+        raise InvalidName(f"{logical_key!r}: 'reference.bin' is reserved by the deltaglider layout")
+    if name.endswith(DELTA_SUFFIX):
+        raise InvalidName(f"{logical_key!r}: names ending in '.delta' are reserved")
+    if any(p in HIDDEN_SEGMENTS for p in logical_key.split("/")):
+        raise InvalidName(f"{logical_key!r}: '.deltaglider' and '.dgfs' are reserved")
+    if len(logical_key.encode()) + len(DELTA_SUFFIX) > 1024:
+        raise InvalidName(f"{logical_key!r}: key longer than S3's 1024 bytes")
+
+
+# ---------------------------------------------------------------- metadata values
+
+
+def encode_value(value: str) -> str:
+    """Make a metadata value sendable by boto3 (ASCII only): RFC 2047 base64 when needed.
+
+    Values that are printable ASCII and do not start with '=?' pass unchanged, so a value
+    deltaglider wrote (even one containing '%') is never mis-decoded.
+    """
+    if value.isascii() and value.isprintable() and not value.startswith("=?"):
+        return value
+    return ENCODED_PREFIX + base64.b64encode(value.encode()).decode() + ENCODED_SUFFIX
+
+
+def decode_value(value: str) -> str:
+    """Inverse of encode_value; also decodes RFC 2047 values that servers (AWS) return."""
+    if not (value.startswith("=?") and value.endswith("?=")):
+        return value
+    try:
+        parts = decode_header(value)
+        return "".join(p.decode(c or "utf-8") if isinstance(p, bytes) else p for p, c in parts)
+    except (ValueError, LookupError, UnicodeDecodeError):
+        return value
+
+
+def decode_metadata(raw: dict[str, str]) -> dict[str, str]:
+    """Lowercase keys and decode values of a HEAD/GET metadata dict."""
+    return {k.lower(): decode_value(v) for k, v in raw.items()}
+
+
+def encode_metadata(meta: dict[str, str]) -> dict[str, str]:
+    """Encode values for boto3 and enforce S3's 2 KiB limit (MetadataTooLarge beyond it)."""
+    encoded = {k.lower(): encode_value(v) for k, v in meta.items()}
+    if metadata_size(encoded) > METADATA_LIMIT:
+        raise MetadataTooLarge(f"user metadata is {metadata_size(encoded)} bytes (S3 limit 2048)")
+    return encoded
+
+
+def metadata_size(meta: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
+
+
+def fit_metadata(meta: dict[str, str]) -> dict[str, str]:
+    """Shrink informational fields until the encoded metadata fits in 2 KiB.
+
+    Fallback for very long names: drop `dg-delta-cmd`, then shorten `dg-original-name` /
+    `dg-source-name` (keeping their tail). Fields readers need are never touched.
+    """
+    meta = dict(meta)
+    if metadata_size(_encoded(meta)) <= METADATA_LIMIT:
+        return meta
+    meta.pop("dg-delta-cmd", None)
+    for name_field in ("dg-original-name", "dg-source-name"):
+        while name_field in meta and metadata_size(_encoded(meta)) > METADATA_LIMIT:
+            value = meta[name_field]
+            if len(value) <= 16:
+                meta.pop(name_field)
+                break
+            meta[name_field] = "…" + value[len(value) // 2 :]
+    return meta
+
+
+def _encoded(meta: dict[str, str]) -> dict[str, str]:
+    return {k: encode_value(v) for k, v in meta.items()}
+
+
+def meta_field(meta: dict[str, str], name: str) -> str | None:
+    """First non-empty value among every spelling deltaglider accepts for field `name`.
+
+    `name` is the hyphen form without prefix, e.g. 'file-sha256'.
+    """
+    under = name.replace("-", "_")
+    for key in (f"dg-{name}", f"dg_{under}", under, name):
+        value = meta.get(key)
+        if value:
+            return value
+    return None
+
+
+def _int_field(meta: dict[str, str], *keys: str) -> int | None:
+    for key in keys:
+        value = meta.get(key)
+        if value:
+            try:
+                return int(value, 8) if key == "mode" and value.startswith("0") else int(value)
+            except ValueError:
+                continue
+    return None
+
+
+def _mtime_ns(meta: dict[str, str]) -> int | None:
+    value = meta.get(META_MTIME)
+    if value and value.isdigit():
+        return int(value)
+    value = meta.get("mtime")  # s3fs: integer seconds; rclone: float seconds or RFC 3339
+    if not value:
+        return None
+    try:
+        return int(round(float(value) * 1e9))
+    except ValueError:
+        pass
+    try:
+        return int(dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
+    except ValueError:
+        return None
+
+
+def posix_attrs_from(meta: dict[str, str]) -> PosixAttrs:
+    """dgfs's attributes, falling back to s3fs's / rclone's `mode`, `uid`, `gid`, `mtime`."""
+    return PosixAttrs(
+        mode=_int_field(meta, META_MODE, "mode"),
+        uid=_int_field(meta, META_UID, "uid"),
+        gid=_int_field(meta, META_GID, "gid"),
+        mtime_ns=_mtime_ns(meta),
+    )
+
+
+def posix_attrs_to_meta(attrs: PosixAttrs) -> dict[str, str]:
+    out = {}
+    for key, value in (
+        (META_MODE, attrs.mode),
+        (META_UID, attrs.uid),
+        (META_GID, attrs.gid),
+        (META_MTIME, attrs.mtime_ns),
+    ):
+        if value is not None:
+            out[key] = str(value)
+    return out
+
+
+def xattrs_from(meta: dict[str, str]) -> dict[str, bytes]:
+    """User extended attributes stored as `dgfs-x-<name>` (value base64)."""
+    out = {}
+    for key, value in meta.items():
+        if key.startswith(XATTR_META_PREFIX):
+            try:
+                out[key[len(XATTR_META_PREFIX) :]] = base64.b64decode(value)
+            except ValueError:
+                continue
+    return out
+
+
+def xattrs_to_meta(xattrs: dict[str, bytes]) -> dict[str, str]:
+    return {XATTR_META_PREFIX + k: base64.b64encode(v).decode() for k, v in xattrs.items()}
+
+
+# ---------------------------------------------------------------- classification
+
+
+def record_from_head(
+    stored_key: str,
+    size: int,
+    etag: str,
+    last_modified_ns: int,
+    raw_meta: dict[str, str],
+) -> ObjectRecord:
+    """Classify one object from its HEAD (key, size, ETag, metadata) as deltaglider does."""
+    meta = decode_metadata(raw_meta)
+    sha = meta_field(meta, "file-sha256")
+    tool = meta_field(meta, "tool")
+    is_delta_key = stored_key.endswith(DELTA_SUFFIX)
+    logical = stored_key[: -len(DELTA_SUFFIX)] if is_delta_key else stored_key
+    common = dict(
+        logical_key=logical,
+        stored_key=stored_key,
+        stored_size=size,
+        etag=etag,
+        last_modified_ns=last_modified_ns,
+        tool=tool,
+        attrs=posix_attrs_from(meta),
+        xattrs=xattrs_from(meta),
+        metadata=meta,
+    )
+    if is_delta_key and sha:
+        original = meta_field(meta, "file-size")
+        return ObjectRecord(
+            kind=Kind.DELTA,
+            original_size=int(original) if original and original.isdigit() else -1,
+            sha256=sha,
+            ref_key=_delta_reference(stored_key, meta),
+            ref_sha256=meta_field(meta, "ref-sha256"),
+            **common,
+        )
+    if sha:  # compression none, proxy passthrough, or any raw body carrying a sha256
+        return ObjectRecord(kind=Kind.DIRECT, original_size=size, sha256=sha, **common)
+    return ObjectRecord(kind=Kind.PLAIN, original_size=size, **common)
+
+
+def _delta_reference(stored_key: str, meta: dict[str, str]) -> str:
+    ref_key = meta_field(meta, "ref-key")
+    if ref_key:
+        return reference_for_ref_key(ref_key.lstrip("/"))
+    ref_path = meta_field(meta, "ref-path")  # the Rust proxy: relative to the deltaspace
+    if ref_path:
+        return posixpath.normpath(join_key(deltaspace_of(stored_key), ref_path))
+    return reference_key(deltaspace_of(stored_key))
+
+
+# ---------------------------------------------------------------- metadata we write
+
+
+def now_stamp(with_z: bool) -> str:
+    """deltaglider's timestamps: ISO 8601 UTC with microseconds, 'Z' on deltas/references."""
+    stamp = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+    return stamp + "Z" if with_z else stamp
+
+
+def reference_metadata(tool: str, source_name: str, sha256: str) -> dict[str, str]:
+    return {
+        "dg-tool": tool,
+        "dg-source-name": source_name,
+        "dg-file-sha256": sha256,
+        "dg-created-at": now_stamp(True),
+        "dg-note": "reference",
+    }
+
+
+def delta_metadata(
+    tool: str,
+    name: str,
+    sha256: str,
+    size: int,
+    ref_key: str,
+    ref_sha256: str,
+    delta_size: int,
+    zero_diff: bool,
+) -> dict[str, str]:
+    meta = {
+        "dg-tool": tool,
+        "dg-original-name": name,
+        "dg-file-sha256": sha256,
+        "dg-file-size": str(size),
+        "dg-created-at": now_stamp(True),
+        "dg-ref-key": ref_key,
+        "dg-ref-sha256": ref_sha256,
+        "dg-delta-size": str(delta_size),
+        "dg-delta-cmd": f"xdelta3 -e -9 -s {REFERENCE_NAME} {name} {name}{DELTA_SUFFIX}",
+    }
+    if zero_diff:
+        meta["dg-note"] = "zero-diff (reference identical)"
+    return meta
+
+
+def direct_metadata(tool: str, name: str, sha256: str, size: int) -> dict[str, str]:
+    return {
+        "dg-tool": tool,
+        "dg-original-name": name,
+        "dg-file-sha256": sha256,
+        "dg-file-size": str(size),
+        "dg-created-at": now_stamp(False),
+        "dg-compression": "none",
+    }
