@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import re
 import stat
@@ -160,7 +161,7 @@ def _megabytes(name: str, text: str, positive: bool = False) -> int:
         value = float(text)
     except ValueError:
         raise CacheConfigError(f"{name} must be a number of megabytes, not {text!r}") from None
-    if not value == value or value in (float("inf"), float("-inf")) or value < 0:
+    if not math.isfinite(value) or value < 0:
         raise CacheConfigError(f"{name} must be a non-negative number of megabytes")
     if positive and value <= 0:
         raise CacheConfigError(f"{name} must be greater than zero")
