@@ -173,3 +173,12 @@ def test_source_size_change_rejected(data):
         encrypt_stream(AESGCM(KEY), key_id(KEY), sha, len(data) + 1, io.BytesIO(data), io.BytesIO())
     with pytest.raises(CacheIntegrityError):
         encrypt_stream(AESGCM(KEY), key_id(KEY), sha, len(data) - 1, io.BytesIO(data), io.BytesIO())
+
+
+def test_without_encrypt_into(tmp_path, data, sha, monkeypatch):
+    import core.cache.crypto as crypto
+
+    monkeypatch.setattr(crypto, "_HAS_INTO", False)
+    reader = open_reader(tmp_path, make_entry(data), sha)
+    assert reader.read(10, 3 * CHUNK_SIZE) == data[10 : 10 + 3 * CHUNK_SIZE]
+    reader.close()

@@ -33,6 +33,8 @@ OVERHEAD = NONCE_SIZE + TAG_SIZE
 _HEADER = struct.Struct(">8sHHIQ8s32s")
 HEADER_SIZE = _HEADER.size
 _CHUNK_CACHE = 4
+_BATCH = 16  # chunks encrypted per write
+_SCRATCH_MAX = 8 * 2**20
 
 
 class WrongKey(CacheError):
@@ -106,20 +108,40 @@ def encrypt_stream(
     header_bytes = header.pack()
     dst.write(header_bytes)
     digest = hashlib.sha256()
-    last = header.chunks - 1
-    for index in range(header.chunks):
-        chunk = src.read(header.record_size(index) - OVERHEAD)
-        if len(chunk) != header.record_size(index) - OVERHEAD:
+    plain = memoryview(bytearray(_BATCH * CHUNK_SIZE))
+    records = memoryview(bytearray(_BATCH * (CHUNK_SIZE + OVERHEAD)))
+    final = header.chunks - 1
+    for first in range(0, header.chunks, _BATCH):
+        last = min(first + _BATCH, header.chunks) - 1
+        want = min((last + 1 - first) * CHUNK_SIZE, size - first * CHUNK_SIZE)
+        if _read_exact(src, plain[:want]) != want:
             raise CacheIntegrityError("source file changed size while being cached")
-        digest.update(chunk)
+        digest.update(plain[:want])
         if on_chunk is not None:
-            on_chunk(chunk)
-        nonce = os.urandom(NONCE_SIZE)
-        dst.write(nonce)
-        dst.write(aead.encrypt(nonce, chunk, _aad(header_bytes, index, index == last)))
+            on_chunk(bytes(plain[:want]))
+        pos = 0
+        for index in range(first, last + 1):
+            start = (index - first) * CHUNK_SIZE
+            chunk = plain[start : start + header.record_size(index) - OVERHEAD]
+            nonce = os.urandom(NONCE_SIZE)
+            records[pos : pos + NONCE_SIZE] = nonce
+            out = records[pos + NONCE_SIZE : pos + len(chunk) + OVERHEAD]
+            _encrypt_into(aead, nonce, chunk, _aad(header_bytes, index, index == final), out)
+            pos += len(chunk) + OVERHEAD
+        dst.write(records[:pos])
     if src.read(1):
         raise CacheIntegrityError("source file changed size while being cached")
     return digest.hexdigest()
+
+
+def _read_exact(src: BinaryIO, buf: memoryview) -> int:
+    got = 0
+    while got < len(buf):
+        n = src.readinto(buf[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 class ChunkReader:
@@ -165,16 +187,16 @@ class ChunkReader:
             return self._cached_chunk(first)[offset - first * cs : end - first * cs]
         start = self.header.record_offset(first)
         stop = self.header.record_offset(last) + self.header.record_size(last)
-        blob = memoryview(os.pread(self.fd, stop - start, start))
-        if len(blob) != stop - start:
+        records = _scratch("records", stop - start)
+        if os.preadv(self.fd, [records], start) != stop - start:
             raise CacheIntegrityError("entry file is truncated")
-        parts = []
+        plain = _scratch("plain", (last + 1 - first) * cs)
         for index in range(first, last + 1):
             pos = self.header.record_offset(index) - start
-            parts.append(self._decrypt(index, blob[pos : pos + self.header.record_size(index)]))
-        parts[0] = parts[0][offset - first * cs :]
-        parts[-1] = parts[-1][: end - last * cs]
-        return b"".join(parts)
+            out = (index - first) * cs
+            record = records[pos : pos + self.header.record_size(index)]
+            self._decrypt_into(index, record, plain[out : out + len(record) - OVERHEAD])
+        return bytes(plain[offset - first * cs : end - first * cs])
 
     def iter_plaintext(self, block: int = 2**20) -> Iterator[bytes]:
         """The whole plaintext, in order, in pieces of about `block` bytes."""
@@ -201,14 +223,50 @@ class ChunkReader:
         return chunk
 
     def _decrypt(self, index: int, record: memoryview) -> bytes:
-        final = index == self.header.chunks - 1
+        out = bytearray(len(record) - OVERHEAD)
+        self._decrypt_into(index, record, memoryview(out))
+        return bytes(out)
+
+    def _decrypt_into(self, index: int, record: memoryview, out: memoryview) -> None:
+        aad = _aad(self._header_bytes, index, index == self.header.chunks - 1)
         try:
-            return self._aead.decrypt(
-                record[:NONCE_SIZE],
-                record[NONCE_SIZE:],
-                _aad(self._header_bytes, index, final),
-            )
+            _decrypt_into(self._aead, record[:NONCE_SIZE], record[NONCE_SIZE:], aad, out)
         except InvalidTag:
             raise CacheIntegrityError(
                 f"chunk {index} of cache entry {self.header.sha256} failed authentication"
             ) from None
+
+
+def _encrypt_into(
+    aead: AESGCM, nonce: bytes, data: memoryview, aad: bytes, out: memoryview
+) -> None:
+    """aead.encrypt_into where cryptography has it, else encrypt and copy."""
+    if _HAS_INTO:
+        aead.encrypt_into(nonce, data, aad, out)
+    else:
+        out[:] = aead.encrypt(nonce, data, aad)
+
+
+def _decrypt_into(
+    aead: AESGCM, nonce: memoryview, data: memoryview, aad: bytes, out: memoryview
+) -> None:
+    """aead.decrypt_into where cryptography has it, else decrypt and copy."""
+    if _HAS_INTO:
+        aead.decrypt_into(nonce, data, aad, out)
+    else:
+        out[:] = aead.decrypt(nonce, data, aad)
+
+
+_HAS_INTO = hasattr(AESGCM, "decrypt_into") and hasattr(AESGCM, "encrypt_into")
+_local = threading.local()
+
+
+def _scratch(name: str, size: int) -> memoryview:
+    """A per-thread reusable buffer of `size` bytes: fresh large buffers cost page faults."""
+    if size > _SCRATCH_MAX:
+        return memoryview(bytearray(size))
+    buf = getattr(_local, name, None)
+    if buf is None or len(buf) < size:
+        buf = bytearray(max(size, 2**20))
+        setattr(_local, name, buf)
+    return memoryview(buf)[:size]
