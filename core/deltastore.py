@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core import TOOL_NAME, codec, layout
+from core.cache import NotCacheable
 from core.config import DeltaSettings
-from core.errors import IntegrityError, NotFound, PreconditionFailed
+from core.errors import DgError, IntegrityError, NotFound, PreconditionFailed
 from core.hashing import sha256_file
 from core.layout import Kind, ObjectRecord, PosixAttrs
 from core.objectstore import ObjectInfo, ObjectStore
@@ -29,6 +30,10 @@ from core.policy import looks_related, may_delta, sniff, suffix_of
 log = logging.getLogger("dgfs.store")
 
 HEAD_CONCURRENCY = 32
+
+
+class TooManyObjects(DgError):
+    """A prefix operation would touch more objects than allowed."""
 
 
 @dataclass(frozen=True)
@@ -211,9 +216,13 @@ class DeltaStore:
         if self.cache is None:
             self._fetch_verified(ref_key, ref_sha256, out)
             return
-        entry = self.cache.get_or_create(
-            ref_sha256, lambda tmp: self._fetch_verified(ref_key, ref_sha256, tmp)
-        )
+        try:
+            entry = self.cache.get_or_create(
+                ref_sha256, lambda tmp: self._fetch_verified(ref_key, ref_sha256, tmp)
+            )
+        except NotCacheable:
+            self._fetch_verified(ref_key, ref_sha256, out)
+            return
         with entry:
             entry.copy_to(out)
 
@@ -419,7 +428,10 @@ class DeltaStore:
             raise IntegrityError(f"{record.stored_key}: reconstructed sha256 mismatch")
 
     def open_cached(self, record: ObjectRecord):
-        """A pinned cache entry holding the original bytes of `record` (reconstructed once)."""
+        """A pinned cache entry holding the original bytes of `record` (reconstructed once).
+
+        Raises NotCacheable when the cache cannot hold it (memory backend): use `reconstruct`.
+        """
         if record.kind == Kind.PLAIN or not record.sha256:
             return self.cache.get_or_create_plain(
                 self.store.bucket,
@@ -512,7 +524,7 @@ class DeltaStore:
             k: v
             for k, v in record.metadata.items()
             if k not in (layout.META_MODE, layout.META_UID, layout.META_GID, layout.META_MTIME)
-            and not k.startswith(layout.XATTR_META_PREFIX)
+            and not k.startswith((layout.XATTR_META_PREFIX, layout.XATTR_HEX_PREFIX))
         }
         meta.update(layout.posix_attrs_to_meta(attrs))
         new_xattrs = record.xattrs if xattrs is None else xattrs
@@ -538,3 +550,30 @@ class DeltaStore:
         for key in stale_keys:
             log.info("%s: removing stale form left by an interrupted overwrite", key)
             self.store.delete(key)
+
+    def rename_prefix(self, old: str, new: str, limit: int) -> int:
+        """Move every object under `old/` to `new/` (copy then delete; not atomic).
+
+        Delta metadata that points at a reference under `old/` is rewritten to the moved
+        reference. More than `limit` objects → TooManyObjects (the caller falls back, e.g. EXDEV
+        so that `mv` copies). References are copied first and deleted last, so every delta
+        stays readable at every moment. Returns the number of objects moved.
+        """
+        objects = [o for page in self.store.list_pages(old + "/", None) for o in page.objects]
+        if len(objects) > limit:
+            raise TooManyObjects(f"{old}: {len(objects)} objects (rename limit {limit})")
+        objects.sort(key=lambda o: not o.key.endswith("/" + layout.REFERENCE_NAME))
+        for obj in objects:
+            new_key = new + obj.key[len(old) :]
+            meta = layout.decode_metadata(self.store.head(obj.key).metadata or {})
+            ref_key = meta.get("dg-ref-key", "")
+            if ref_key.startswith(old + "/"):
+                meta["dg-ref-key"] = new + ref_key[len(old) :]
+            self.store.copy(obj.key, new_key, layout.encode_metadata(layout.fit_metadata(meta)))
+        for obj in reversed(objects):
+            self.store.delete(obj.key)
+        with self._refs_lock:
+            self._refs = {
+                p: r for p, r in self._refs.items() if not (p + "/").startswith(old + "/")
+            }
+        return len(objects)

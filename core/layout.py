@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import posixpath
+import re
 import stat
 from dataclasses import dataclass, field
 from email.header import decode_header
@@ -25,6 +26,8 @@ ENCODED_SUFFIX = "?="
 # dgfs's own POSIX attribute keys (deltaglider ignores unknown keys).
 META_MODE, META_UID, META_GID, META_MTIME = "dgfs-mode", "dgfs-uid", "dgfs-gid", "dgfs-mtime"
 XATTR_META_PREFIX = "dgfs-x-"
+XATTR_HEX_PREFIX = "dgfs-xh-"
+_SAFE_XATTR = re.compile(r"[a-z0-9._-]+")
 
 
 class Kind(StrEnum):
@@ -250,20 +253,32 @@ def posix_attrs_to_meta(attrs: PosixAttrs) -> dict[str, str]:
     return out
 
 
+def _xattr_meta_key(name: str) -> str:
+    """Metadata key of a user xattr: readable when S3's lowercasing cannot alter it, else hex."""
+    if _SAFE_XATTR.fullmatch(name):
+        return XATTR_META_PREFIX + name
+    return XATTR_HEX_PREFIX + name.encode().hex()
+
+
 def xattrs_from(meta: dict[str, str]) -> dict[str, bytes]:
-    """User extended attributes stored as `dgfs-x-<name>` (value base64)."""
+    """User extended attributes stored as `dgfs-x-<name>` / `dgfs-xh-<hex name>` (value base64)."""
     out = {}
     for key, value in meta.items():
-        if key.startswith(XATTR_META_PREFIX):
-            try:
-                out[key[len(XATTR_META_PREFIX) :]] = base64.b64decode(value)
-            except ValueError:
+        try:
+            if key.startswith(XATTR_HEX_PREFIX):
+                name = bytes.fromhex(key[len(XATTR_HEX_PREFIX) :]).decode()
+            elif key.startswith(XATTR_META_PREFIX):
+                name = key[len(XATTR_META_PREFIX) :]
+            else:
                 continue
+            out[name] = base64.b64decode(value)
+        except ValueError:
+            continue
     return out
 
 
 def xattrs_to_meta(xattrs: dict[str, bytes]) -> dict[str, str]:
-    return {XATTR_META_PREFIX + k: base64.b64encode(v).decode() for k, v in xattrs.items()}
+    return {_xattr_meta_key(k): base64.b64encode(v).decode() for k, v in xattrs.items()}
 
 
 # ---------------------------------------------------------------- classification

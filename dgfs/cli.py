@@ -84,3 +84,169 @@ def server_status(data_dir: Path) -> None:
         click.echo("stopped")
         sys.exit(1)
     click.echo(f"running pid={srv.pid} endpoint={srv.endpoint_url}")
+
+
+# ---------------------------------------------------------------- mount / umount
+
+GENERIC_MOUNT_OPTIONS = {
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "defaults",
+    "async",
+    "atime",
+    "noatime",
+    "relatime",
+    "nofail",
+    "strictatime",
+    "lazytime",
+    "owner",
+    "group",
+    "comment",
+    "sync",
+    "dirsync",
+}
+FLAG_OPTIONS = {
+    "ro": "read_only",
+    "read_only": "read_only",
+    "allow_other": "allow_other",
+    "path_style": "path_style",
+    "no_verify_ssl": "no_verify_ssl",
+    "checksum_when_required": "checksum_when_required",
+    "nonempty": "nonempty",
+    "extensions_only": "extensions_only",
+    "foreground": "foreground",
+}
+
+
+def parse_o_options(values: tuple[str, ...]) -> dict[str, str | bool]:
+    """`-o a=1,b,rw` → {'a': '1', 'b': True}; generic fstab options are dropped."""
+    out: dict[str, str | bool] = {}
+    for value in values:
+        for item in filter(None, value.split(",")):
+            name, sep, val = item.partition("=")
+            name = name.strip().replace("-", "_")
+            if name in GENERIC_MOUNT_OPTIONS or name.startswith(("x_systemd", "x-systemd")):
+                continue
+            out[FLAG_OPTIONS.get(name, name)] = val if sep else True
+    return out
+
+
+def _mount_options(f):
+    options = [
+        click.option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL / AWS)."),
+        click.option("--profile", help="AWS profile from ~/.aws/config."),
+        click.option("--region", help="AWS region."),
+        click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground."),
+        click.option("--read-only", "--ro", "read_only", is_flag=True, help="Mount read-only."),
+        click.option("--allow-other", is_flag=True, help="Let other users see the mount."),
+        click.option("--uid", type=int, help="Owner of objects without dgfs metadata."),
+        click.option("--gid", type=int, help="Group of objects without dgfs metadata."),
+        click.option("--umask", type=str, help="Octal umask for objects without dgfs metadata."),
+        click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache directory."),
+        click.option("--cache-size", type=int, help="Disk cache bound in MB."),
+        click.option("--memory-cache-size", type=int, help="Memory cache bound in MB."),
+        click.option("--cache-backend", type=click.Choice(["filesystem", "memory"])),
+        click.option(
+            "--cache-key-file",
+            type=click.Path(path_type=Path),
+            help="File (0600) holding the cache key (else DG_CACHE_ENCRYPTION_KEY).",
+        ),
+        click.option("--max-ratio", type=float, help="Store direct above this delta ratio."),
+        click.option("--max-delta-size", type=int, help="Skip delta encoding above this (MB)."),
+        click.option("--no-delta", multiple=True, help="Glob of keys never delta-encoded."),
+        click.option("--extensions-only", is_flag=True, help="deltaglider's extension list only."),
+        click.option("--metadata-ttl", type=float, help="Seconds to trust cached metadata."),
+        click.option("--rename-dir-limit", type=int, help="Max objects moved by a dir rename."),
+        click.option("--path-style", is_flag=True, help="Path-style S3 addressing."),
+        click.option("--ca-bundle", type=click.Path(), help="CA bundle for TLS."),
+        click.option("--no-verify-ssl", is_flag=True, help="Do not verify TLS certificates."),
+        click.option("--connect-timeout", type=float, help="Seconds (default 5)."),
+        click.option("--read-timeout", type=float, help="Seconds (default 60)."),
+        click.option(
+            "--checksum-when-required",
+            is_flag=True,
+            help="Only send checksums when required (older Ceph/MinIO/Garage).",
+        ),
+        click.option("--sse", help="Server-side encryption (AES256, aws:kms)."),
+        click.option("--sse-kms-key-id", help="KMS key id for aws:kms."),
+        click.option("--storage-class", help="Storage class for new objects."),
+        click.option("--nonempty", is_flag=True, help="Allow a non-empty mount point."),
+        click.option(
+            "--log-level",
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+            help="Default: DG_LOG_LEVEL or INFO.",
+        ),
+        click.option("--log-file", type=click.Path(path_type=Path), help="Log here, not stderr."),
+        click.option("-o", "o_options", multiple=True, help="Mount options: opt[=val],…"),
+        click.option("--ready-fd", type=int, hidden=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@main.command("mount")
+@click.argument("source")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@_mount_options
+@click.pass_context
+def mount_cmd(ctx: click.Context, source: str, mountpoint: Path, **kw) -> None:
+    """Mount SOURCE (BUCKET[/PREFIX] or s3://BUCKET/PREFIX) on MOUNTPOINT.
+
+    \b
+    Examples:
+      dgfs mount releases /mnt/releases
+      dgfs mount s3://releases/app /mnt/app --endpoint-url http://127.0.0.1:9000
+      dgfs mount releases /mnt/r -o ro,allow_other,metadata_ttl=30
+    """
+    from dgfs import mountcfg
+
+    try:
+        cfg, foreground, ready_fd = mountcfg.build(ctx, source, mountpoint, kw, parse_o_options)
+    except (ValueError, mountcfg.ConfigProblem) as exc:
+        raise click.ClickException(str(exc)) from None
+    from dgfs.mount import MountError, run_foreground, spawn_daemon
+
+    try:
+        if foreground:
+            sys.exit(run_foreground(cfg, ready_fd))
+        spawn_daemon(sys.argv[1:], kw.get("log_file"))
+    except MountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"mounted s3://{cfg.bucket}/{cfg.fs.prefix} on {mountpoint}")
+
+
+@main.command("umount")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--lazy", "-z", is_flag=True, help="Detach even if files are open.")
+def umount_cmd(mountpoint: Path, lazy: bool) -> None:
+    """Unmount MOUNTPOINT after pending uploads; fails if files are open (unless --lazy).
+
+    \b
+    Example:
+      dgfs umount /mnt/releases
+    """
+    from dgfs.mount import MountError, unmount
+
+    try:
+        failed = unmount(mountpoint, lazy=lazy)
+    except MountError as exc:
+        raise click.ClickException(str(exc)) from None
+    if failed:
+        raise click.ClickException(f"unmounted, but {len(failed)} upload(s) failed: {failed}")
+    click.echo(f"unmounted {mountpoint}")
+
+
+if __name__ == "__main__":
+    main()

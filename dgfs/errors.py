@@ -1,0 +1,69 @@
+"""One place that maps core errors to errnos, and the guard every FUSE handler runs under."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import inspect
+import logging
+
+import pyfuse3
+
+from core import errors as core_errors
+from core.cache import CacheError
+
+log = logging.getLogger("dgfs.fs")
+
+ERRNO_OF: dict[type[Exception], int] = {
+    core_errors.NotFound: errno.ENOENT,
+    core_errors.BucketNotFound: errno.EIO,
+    core_errors.AccessDenied: errno.EACCES,
+    core_errors.EndpointError: errno.EIO,
+    core_errors.PreconditionFailed: errno.EEXIST,
+    core_errors.IntegrityError: errno.EIO,
+    core_errors.CodecError: errno.EIO,
+    core_errors.InvalidName: errno.EINVAL,
+    core_errors.MetadataTooLarge: errno.E2BIG,
+    core_errors.NoSpace: errno.ENOSPC,
+    CacheError: errno.EIO,
+}
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno a FUSE caller sees for an exception."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    for cls in type(exc).__mro__:
+        if cls in ERRNO_OF:
+            return ERRNO_OF[cls]
+    return errno.EIO
+
+
+def guarded(fn):
+    """Turn any exception of a handler into FUSEError(errno), logging real failures once."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except core_errors.NotFound:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except (core_errors.DgError, CacheError, OSError) as exc:
+            code = errno_for(exc)
+            log.warning("%s: %s (%s)", fn.__name__, exc, errno.errorcode.get(code, code))
+            raise pyfuse3.FUSEError(code) from None
+        except Exception:
+            log.exception("%s: unexpected error", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def guard_all(cls):
+    """Class decorator: guard every coroutine method that pyfuse3 calls."""
+    for name, member in list(vars(cls).items()):
+        if inspect.iscoroutinefunction(member) and not name.startswith("_"):
+            setattr(cls, name, guarded(member))
+    return cls

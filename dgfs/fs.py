@@ -1,0 +1,745 @@
+"""The pyfuse3 Operations: thin handlers that translate FUSE requests into core calls.
+
+Every blocking call (boto3, xdelta3, hashing, cache crypto) runs in a worker thread under one
+CapacityLimiter; the trio loop itself only touches in-memory state and small local file I/O.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import itertools
+import logging
+import os
+import stat
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from core import layout
+from core.cache import NotCacheable
+from core.deltastore import DeltaStore, DirListing, TooManyObjects
+from core.errors import InvalidName, NotFound
+from core.layout import ObjectRecord, PosixAttrs
+from core.metadata import RecordCache
+from core.objectstore import ObjectInfo
+from dgfs import xattrs
+from dgfs.errors import errno_for, guard_all
+from dgfs.inodes import InodeTable, Node
+from dgfs.options import FsOptions
+
+log = logging.getLogger("dgfs.fs")
+
+BLOCK = 512
+STATFS_BLOCKS = 2**40 // 4096
+
+
+def _fuse_error(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _name(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise _fuse_error(errno.EINVAL) from None
+
+
+@dataclass
+class DirState:
+    """A directory's last listing: logical names → listed objects, and when it was taken."""
+
+    listing: DirListing
+    fetched: float
+    records: dict[str, ObjectRecord] = field(default_factory=dict)
+
+
+@dataclass
+class Handle:
+    """An open file: its node, whether it may write, and a pinned cache entry for reads."""
+
+    node: Node
+    writable: bool
+    entry: object | None = None
+
+
+@guard_all
+class DgfsOperations(pyfuse3.Operations):
+    """A bucket/prefix as a directory tree (see docs/SEMANTICS.md for each operation)."""
+
+    supports_dot_lookup = False
+
+    def __init__(self, store: DeltaStore, cache, opts: FsOptions) -> None:
+        super().__init__()
+        self.store = store
+        self.cache = cache
+        self.opts = opts
+        self.records = RecordCache(store)
+        self.inodes = InodeTable()
+        self.dirs: dict[str, DirState] = {}
+        self.handles: dict[int, Handle] = {}
+        self.dir_handles: dict[int, tuple[str, list[tuple[str, bool, ObjectRecord | None]]]] = {}
+        self._fh = itertools.count(1)
+        self.limiter = trio.CapacityLimiter(opts.max_threads)
+        self.failed_uploads: dict[str, str] = {}
+        self.started_ns = time.time_ns()
+        opts.staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------ helpers
+
+    async def _run(self, fn, *args, **kwargs):
+        return await trio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), limiter=self.limiter
+        )
+
+    def _key(self, path: str) -> str:
+        return _join(self.opts.prefix, path)
+
+    def _check_writable(self) -> None:
+        if self.opts.read_only:
+            raise _fuse_error(errno.EROFS)
+
+    async def _dir(self, path: str, refresh: bool = False) -> DirState:
+        """The listing of a directory, re-listed when older than the metadata TTL."""
+        state = self.dirs.get(path)
+        now = time.monotonic()
+        if state is not None and not refresh and now - state.fetched < self.opts.metadata_ttl:
+            return state
+        listing = await self._run(self.store.list_dir, self._key(path))
+        if listing.stale and not self.opts.read_only:
+            await self._run(self.store.cleanup_stale, listing.stale)
+        for key in listing.skipped:
+            log.warning("%s: key cannot be shown as a file name; skipped", key)
+        state = DirState(listing, now)
+        self.dirs[path] = state
+        return state
+
+    async def _record(self, state: DirState, name: str) -> ObjectRecord | None:
+        obj = state.listing.files.get(name)
+        if obj is None:
+            return None
+        (record,) = await self._run(self.records.resolve, [obj])
+        return record
+
+    def _note_file(self, path: str, record: ObjectRecord | None) -> None:
+        """Keep the parent's cached listing in step with a local change (None = removed)."""
+        parent, _, name = path.rpartition("/")
+        state = self.dirs.get(parent)
+        if state is None:
+            return
+        if record is None:
+            state.listing.files.pop(name, None)
+            return
+        self.records.remember(record)
+        state.listing.files[name] = ObjectInfo(record.stored_key, record.stored_size, "", 0)
+
+    def _note_dir(self, path: str, present: bool) -> None:
+        parent, _, name = path.rpartition("/")
+        state = self.dirs.get(parent)
+        if state is not None:
+            (state.listing.dirs.add if present else state.listing.dirs.discard)(name)
+
+    def _effective_attrs(self, node: Node) -> PosixAttrs:
+        base = node.record.attrs if node.record is not None else PosixAttrs()
+        pending = node.pending or PosixAttrs()
+        return PosixAttrs(
+            mode=pending.mode if pending.mode is not None else base.mode,
+            uid=pending.uid if pending.uid is not None else base.uid,
+            gid=pending.gid if pending.gid is not None else base.gid,
+            mtime_ns=pending.mtime_ns if pending.mtime_ns is not None else base.mtime_ns,
+        )
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.ino
+        e.generation = 0
+        e.entry_timeout = e.attr_timeout = self.opts.metadata_ttl
+        e.st_blksize = 128 * 1024
+        if node.is_dir:
+            a = node.dir_attrs
+            default_mode = stat.S_IFDIR | (0o777 & ~self.opts.umask)
+            e.st_mode = stat.S_IFDIR | (stat.S_IMODE(a.mode) if a.mode else default_mode & 0o7777)
+            e.st_nlink = 2
+            e.st_size = 0
+            mtime = a.mtime_ns or self.started_ns
+        else:
+            a = self._effective_attrs(node)
+            default_mode = stat.S_IFREG | (0o666 & ~self.opts.umask)
+            e.st_mode = a.mode if a.mode else default_mode
+            if stat.S_IFMT(e.st_mode) == 0:
+                e.st_mode |= stat.S_IFREG
+            e.st_nlink = 1
+            record = node.record
+            if node.staging is not None:
+                e.st_size = os.fstat(node.fd).st_size
+                stored = e.st_size
+            else:
+                e.st_size = max(record.original_size, 0) if record else 0
+                stored = record.stored_size if record else 0
+            e.st_blocks = (stored + BLOCK - 1) // BLOCK
+            mtime = a.mtime_ns or (record.last_modified_ns if record else 0) or self.started_ns
+        e.st_uid = a.uid if a.uid is not None else self.opts.uid
+        e.st_gid = a.gid if a.gid is not None else self.opts.gid
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = mtime
+        return e
+
+    def _lookup_reply(self, node: Node) -> pyfuse3.EntryAttributes:
+        node.lookups += 1
+        return self._entry(node)
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = self.opts.metadata_ttl
+        return e
+
+    def _node(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise _fuse_error(errno.ENOENT)
+        return node
+
+    def _path_of(self, node: Node) -> str:
+        if node.path is None:
+            raise _fuse_error(errno.ENOENT)
+        return node.path
+
+    async def _child(self, parent: Node, name: str) -> Node | None:
+        """The node for `parent/name` (looked up in S3 if not known), or None if absent."""
+        path = _join(self._path_of(parent), name)
+        known = self.inodes.by_path(path)
+        if known is not None and (known.dirty or known.staging is not None):
+            return known
+        state = await self._dir(self._path_of(parent))
+        if name in state.listing.dirs:
+            node = self.inodes.node_for(path, True)
+            if node.dir_attrs == PosixAttrs():
+                node.dir_attrs = await self._dir_marker_attrs(path)
+            return node
+        record = await self._record(state, name)
+        if record is None:
+            return None
+        node = self.inodes.node_for(path, False)
+        if not node.dirty:
+            node.record = record
+        return node
+
+    async def _dir_marker_attrs(self, path: str) -> PosixAttrs:
+        try:
+            info = await self._run(self.store.store.head, self._key(path) + "/")
+        except NotFound:
+            return PosixAttrs()
+        return layout.posix_attrs_from(layout.decode_metadata(info.metadata or {}))
+
+    # ------------------------------------------------------------ staging and uploads
+
+    async def _ensure_staging(self, node: Node, keep_content: bool = True) -> None:
+        """Give a file a private local copy to write to (materialising its content if asked)."""
+        if node.staging is not None:
+            if not keep_content:
+                os.ftruncate(node.fd, 0)
+            return
+        path = self.opts.staging_dir / uuid.uuid4().hex
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if keep_content and node.record is not None and node.record.original_size != 0:
+                await self._run(self._materialize, node.record, path)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        node.staging, node.fd = path, fd
+
+    def _materialize(self, record: ObjectRecord, path: Path) -> None:
+        try:
+            entry = self.store.open_cached(record)
+        except NotCacheable:
+            self.store.reconstruct(record, path)
+            return
+        with entry:
+            entry.copy_to(path)
+
+    async def _upload(self, node: Node) -> None:
+        """Store a dirty file; on failure keep the staged data and raise the errno."""
+        async with node.lock:
+            if not node.dirty or node.path is None:
+                return
+            key = self._key(node.path)
+            attrs = self._effective_attrs(node)
+            if attrs.mtime_ns is None:
+                attrs = replace(attrs, mtime_ns=time.time_ns())
+            xattr_values = node.record.xattrs if node.record is not None else {}
+            try:
+                record = await self._run(
+                    self.store.put, node.staging, key, attrs, xattr_values, node.record
+                )
+            except Exception as exc:
+                code = errno_for(exc)
+                node.upload_error = code
+                self.failed_uploads[key] = str(exc)
+                log.error("upload %s failed: %s; data kept in %s", key, exc, node.staging)
+                raise _fuse_error(code) from None
+            node.record, node.dirty, node.pending, node.upload_error = record, False, None, None
+            self.failed_uploads.pop(key, None)
+            self._note_file(node.path, record)
+
+    async def _drop_staging(self, node: Node) -> None:
+        """After the last close of a clean file: move its content into the cache, free staging."""
+        if node.staging is None or node.dirty or node.open_handles:
+            return
+        path, fd = node.staging, node.fd
+        node.staging, node.fd = None, -1
+        os.close(fd)
+        if node.record is not None and node.record.sha256 and self.cache is not None:
+            try:
+                entry = await self._run(self.cache.insert_file, path, node.record.sha256)
+                entry.close()
+            except Exception as exc:
+                log.info("cache insert of %s skipped: %s", node.record.stored_key, exc)
+        path.unlink(missing_ok=True)
+
+    async def flush_all(self) -> list[str]:
+        """Upload every dirty file (at unmount); returns the keys that still failed."""
+        failed = []
+        for node in self.inodes.dirty_nodes():
+            try:
+                await self._upload(node)
+            except pyfuse3.FUSEError:
+                failed.append(self._key(node.path or "?"))
+        return failed
+
+    async def retry_failed_uploads(self) -> None:
+        """Background task: retry dirty files nobody has open (after a failed close)."""
+        while True:
+            await trio.sleep(self.opts.retry_interval)
+            for node in self.inodes.dirty_nodes():
+                if node.writers == 0 and node.path is not None:
+                    try:
+                        await self._upload(node)
+                        await self._drop_staging(node)
+                        log.info("upload of %s succeeded on retry", self._key(node.path))
+                    except pyfuse3.FUSEError:
+                        continue
+
+    # ------------------------------------------------------------ lookup and attributes
+
+    async def lookup(self, parent_inode, name, ctx):
+        node = await self._child(self._node(parent_inode), _name(name))
+        return self._negative() if node is None else self._lookup_reply(node)
+
+    async def forget(self, inode_list):
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    async def getattr(self, inode, ctx):
+        return self._entry(self._node(inode))
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        self._check_writable()
+        if fields.update_size:
+            if node.is_dir:
+                raise _fuse_error(errno.EISDIR)
+            async with node.lock:
+                await self._ensure_staging(node, keep_content=attr.st_size > 0)
+                os.ftruncate(node.fd, attr.st_size)
+                node.dirty = True
+                node.pending = replace(node.pending or PosixAttrs(), mtime_ns=time.time_ns())
+        new = self._effective_attrs(node) if not node.is_dir else node.dir_attrs
+        if fields.update_mode:
+            kind = stat.S_IFMT(new.mode or 0) or (stat.S_IFDIR if node.is_dir else stat.S_IFREG)
+            new = replace(new, mode=kind | stat.S_IMODE(attr.st_mode))
+        if fields.update_uid:
+            new = replace(new, uid=attr.st_uid)
+        if fields.update_gid:
+            new = replace(new, gid=attr.st_gid)
+        if fields.update_mtime:
+            new = replace(new, mtime_ns=attr.st_mtime_ns)
+        changed_attrs = fields.update_mode or fields.update_uid or fields.update_gid
+        changed_attrs = changed_attrs or fields.update_mtime
+        if node.is_dir:
+            if changed_attrs:
+                await self._run(self.store.make_dir, self._key(self._path_of(node)), new)
+                node.dir_attrs = new
+        elif node.dirty or node.record is None:
+            node.pending = new
+            if node.writers == 0:
+                await self._upload(node)
+        elif changed_attrs:
+            node.record = await self._run(self.store.set_attrs, node.record, new)
+            self.records.remember(node.record)
+        return self._entry(node)
+
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = STATFS_BLOCKS
+        s.f_files = s.f_ffree = s.f_favail = 2**32
+        s.f_namemax = 255
+        return s
+
+    # ------------------------------------------------------------ directories
+
+    async def opendir(self, inode, ctx):
+        node = self._node(inode)
+        if not node.is_dir:
+            raise _fuse_error(errno.ENOTDIR)
+        path = self._path_of(node)
+        state = await self._dir(path)
+        names = sorted(state.listing.files)
+        records = await self._run(self.records.resolve, [state.listing.files[n] for n in names])
+        entries: dict[str, tuple[str, bool, ObjectRecord | None]] = {}
+        for name, record in zip(names, records, strict=True):
+            if record is not None:
+                entries[name] = (name, False, record)
+        for name in state.listing.dirs:
+            entries[name] = (name, True, None)
+        for child in self.inodes.dirty_nodes():
+            parent, _, name = (child.path or "").rpartition("/")
+            if child.path and parent == path:
+                entries[name] = (name, False, None)
+        fh = next(self._fh)
+        self.dir_handles[fh] = (path, [entries[n] for n in sorted(entries)])
+        return fh
+
+    async def readdir(self, fh, start_id, token):
+        path, entries = self.dir_handles[fh]
+        for index in range(start_id, len(entries)):
+            name, is_dir, record = entries[index]
+            node = self.inodes.node_for(_join(path, name), is_dir)
+            if record is not None and not node.dirty:
+                node.record = record
+            if not pyfuse3.readdir_reply(token, name.encode(), self._entry(node), index + 1):
+                return
+            node.lookups += 1
+
+    async def releasedir(self, fh):
+        self.dir_handles.pop(fh, None)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        self._check_writable()
+        parent = self._node(parent_inode)
+        name_s = _name(name)
+        path = _join(self._path_of(parent), name_s)
+        if await self._child(parent, name_s) is not None:
+            raise _fuse_error(errno.EEXIST)
+        self._check_name(path)
+        attrs = PosixAttrs(stat.S_IFDIR | stat.S_IMODE(mode), ctx.uid, ctx.gid, time.time_ns())
+        await self._run(self.store.make_dir, self._key(path), attrs)
+        node = self.inodes.node_for(path, True)
+        node.dir_attrs = attrs
+        self._note_dir(path, True)
+        self.dirs[path] = DirState(DirListing(), time.monotonic())
+        return self._lookup_reply(node)
+
+    def _check_name(self, path: str) -> None:
+        try:
+            layout.check_logical_name(self._key(path))
+        except InvalidName as exc:
+            log.warning("refused name: %s", exc)
+            raise _fuse_error(errno.EINVAL) from None
+
+    async def rmdir(self, parent_inode, name, ctx):
+        self._check_writable()
+        parent = self._node(parent_inode)
+        path = _join(self._path_of(parent), _name(name))
+        node = await self._child(parent, _name(name))
+        if node is None:
+            raise _fuse_error(errno.ENOENT)
+        if not node.is_dir:
+            raise _fuse_error(errno.ENOTDIR)
+        state = await self._dir(path, refresh=True)
+        pending = [n for n in self.inodes.dirty_nodes() if (n.path or "").startswith(path + "/")]
+        if state.listing.files or state.listing.dirs or pending:
+            raise _fuse_error(errno.ENOTEMPTY)
+        if state.listing.reference is not None:
+            await self._run(self.store.store.delete, state.listing.reference.key)
+        await self._run(self.store.remove_dir_marker, self._key(path))
+        self.dirs.pop(path, None)
+        self._note_dir(path, False)
+        self.inodes.detach(node)
+
+    # ------------------------------------------------------------ files
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        self._check_writable()
+        parent = self._node(parent_inode)
+        path = _join(self._path_of(parent), _name(name))
+        self._check_name(path)
+        node = self.inodes.node_for(path, False)
+        if node.record is None and not node.dirty:
+            existing = await self._child(parent, _name(name))
+            node = existing if existing is not None else node
+        node.pending = PosixAttrs(
+            stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid, time.time_ns()
+        )
+        await self._ensure_staging(node, keep_content=False)
+        node.dirty = True
+        fh = self._open_handle(node, writable=True)
+        return pyfuse3.FileInfo(fh=fh), self._lookup_reply(node)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        if not stat.S_ISREG(mode):
+            raise _fuse_error(errno.EPERM)
+        info, entry = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+        await self.release(info.fh)
+        return entry
+
+    def _open_handle(self, node: Node, writable: bool) -> int:
+        fh = next(self._fh)
+        self.handles[fh] = Handle(node, writable)
+        node.open_handles += 1
+        node.writers += writable
+        return fh
+
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        if node.is_dir:
+            raise _fuse_error(errno.EISDIR)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable:
+            self._check_writable()
+        if writable and flags & os.O_TRUNC:
+            async with node.lock:
+                await self._ensure_staging(node, keep_content=False)
+                node.dirty = True
+                node.pending = replace(node.pending or PosixAttrs(), mtime_ns=time.time_ns())
+        fh = self._open_handle(node, writable)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+
+    async def read(self, fh, off, size):
+        handle = self.handles[fh]
+        node = handle.node
+        if node.staging is not None:
+            return os.pread(node.fd, size, off)
+        if node.record is None or node.record.original_size == 0:
+            return b""
+        if handle.entry is None:
+            try:
+                handle.entry = await self._run(self.store.open_cached, node.record)
+            except NotCacheable:  # too big for a memory-only cache: read from a private copy
+                async with node.lock:
+                    await self._ensure_staging(node)
+                return os.pread(node.fd, size, off)
+        return await self._run(handle.entry.read, off, size)
+
+    async def write(self, fh, off, buf):
+        handle = self.handles[fh]
+        node = handle.node
+        async with node.lock:
+            await self._ensure_staging(node)
+            written = os.pwrite(node.fd, buf, off)
+            node.dirty = True
+            node.pending = replace(node.pending or PosixAttrs(), mtime_ns=time.time_ns())
+        return written
+
+    async def flush(self, fh):
+        handle = self.handles[fh]
+        if handle.writable and handle.node.dirty:
+            await self._upload(handle.node)
+
+    async def fsync(self, fh, datasync):
+        await self.flush(fh)
+
+    async def release(self, fh):
+        handle = self.handles.pop(fh)
+        node = handle.node
+        if handle.entry is not None:
+            handle.entry.close()
+        node.open_handles -= 1
+        node.writers -= handle.writable
+        if node.dirty and node.writers == 0 and node.path is not None:
+            try:
+                await self._upload(node)
+            except pyfuse3.FUSEError:
+                pass  # reported at flush/close; kept dirty and retried in the background
+        await self._drop_staging(node)
+        self.inodes.release(node)
+
+    async def unlink(self, parent_inode, name, ctx):
+        self._check_writable()
+        parent = self._node(parent_inode)
+        node = await self._child(parent, _name(name))
+        if node is None:
+            raise _fuse_error(errno.ENOENT)
+        if node.is_dir:
+            raise _fuse_error(errno.EISDIR)
+        path = self._path_of(node)
+        if node.record is not None:
+            await self._run(self.store.delete, node.record)
+            self.records.forget(node.record.stored_key)
+        node.dirty = False
+        self._note_file(path, None)
+        self.inodes.detach(node)
+
+    # ------------------------------------------------------------ symlinks and links
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        self._check_writable()
+        parent = self._node(parent_inode)
+        path = _join(self._path_of(parent), _name(name))
+        self._check_name(path)
+        if await self._child(parent, _name(name)) is not None:
+            raise _fuse_error(errno.EEXIST)
+        attrs = PosixAttrs(stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, time.time_ns())
+        tmp = self.opts.staging_dir / uuid.uuid4().hex
+        tmp.write_bytes(target)
+        try:
+            record = await self._run(self.store.put, tmp, self._key(path), attrs, None, None, True)
+        finally:
+            tmp.unlink(missing_ok=True)
+        node = self.inodes.node_for(path, False)
+        node.record = record
+        self._note_file(path, record)
+        return self._lookup_reply(node)
+
+    async def readlink(self, inode, ctx):
+        node = self._node(inode)
+        if not node.is_symlink:
+            raise _fuse_error(errno.EINVAL)
+        data = await self._run(self.store.store.get_bytes, node.record.stored_key)
+        if node.record.sha256 and hashlib.sha256(data).hexdigest() != node.record.sha256:
+            log.error("%s: symlink target fails its sha256", node.record.stored_key)
+            raise _fuse_error(errno.EIO)
+        return data
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise _fuse_error(errno.EPERM)
+
+    # ------------------------------------------------------------ rename
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._check_writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _fuse_error(errno.EINVAL)
+        old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
+        src = await self._child(old_parent, _name(name_old))
+        if src is None:
+            raise _fuse_error(errno.ENOENT)
+        new_path = _join(self._path_of(new_parent), _name(name_new))
+        self._check_name(new_path)
+        dst = await self._child(new_parent, _name(name_new))
+        if dst is src:
+            return
+        if dst is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            raise _fuse_error(errno.EEXIST)
+        if src.is_dir:
+            await self._rename_dir(src, dst, new_path)
+        else:
+            await self._rename_file(src, dst, new_path)
+
+    async def _rename_file(self, src: Node, dst: Node | None, new_path: str) -> None:
+        if dst is not None and dst.is_dir:
+            raise _fuse_error(errno.EISDIR)
+        old_path = self._path_of(src)
+        replaced = dst.record if dst is not None else None
+        async with src.lock:
+            if src.record is not None and not src.dirty:
+                new_key = self._key(new_path)
+                src.record = await self._run(self.store.rename, src.record, new_key, replaced)
+            elif src.record is not None:
+                await self._run(self.store.delete, src.record)
+                src.record = replaced
+            elif replaced is not None:
+                src.record = replaced
+            if dst is not None:
+                dst.dirty = False
+                self.inodes.detach(dst)
+            self.inodes.move(src, new_path)
+        self._note_file(old_path, None)
+        if src.record is not None and not src.dirty:
+            self._note_file(new_path, src.record)
+
+    async def _rename_dir(self, src: Node, dst: Node | None, new_path: str) -> None:
+        old_path = self._path_of(src)
+        if dst is not None:
+            if not dst.is_dir:
+                raise _fuse_error(errno.ENOTDIR)
+            state = await self._dir(new_path, refresh=True)
+            if state.listing.files or state.listing.dirs:
+                raise _fuse_error(errno.ENOTEMPTY)
+        if any((n.path or "").startswith(old_path + "/") for n in self.inodes.dirty_nodes()):
+            for node in self.inodes.dirty_nodes():
+                if (node.path or "").startswith(old_path + "/"):
+                    await self._upload(node)
+        try:
+            await self._run(
+                self.store.rename_prefix,
+                self._key(old_path),
+                self._key(new_path),
+                self.opts.rename_dir_limit,
+            )
+        except TooManyObjects as exc:
+            log.info("rename %s: %s; returning EXDEV so the caller copies", old_path, exc)
+            raise _fuse_error(errno.EXDEV) from None
+        if dst is not None:
+            self.inodes.detach(dst)
+        self.inodes.move(src, new_path)
+        for path in [p for p in self.dirs if p == old_path or p.startswith(old_path + "/")]:
+            del self.dirs[path]
+        self.dirs.pop(new_path, None)
+        self._note_dir(old_path, False)
+        self._note_dir(new_path, True)
+
+    # ------------------------------------------------------------ extended attributes
+
+    async def getxattr(self, inode, name, ctx):
+        node = self._node(inode)
+        name_s = name.decode(errors="surrogateescape")
+        if node.record is not None and not node.is_dir:
+            values = xattrs.file_xattrs(node.record)
+            if name_s in values:
+                return values[name_s].encode()
+            stored = node.record.xattrs.get(name_s)
+            if stored is not None:
+                return stored
+        raise _fuse_error(pyfuse3.ENOATTR)
+
+    async def listxattr(self, inode, ctx):
+        node = self._node(inode)
+        if node.record is None or node.is_dir:
+            return []
+        names = list(xattrs.file_xattrs(node.record)) + list(node.record.xattrs)
+        return [n.encode() for n in names]
+
+    async def setxattr(self, inode, name, value, ctx):
+        self._check_writable()
+        node = self._node(inode)
+        name_s = name.decode(errors="surrogateescape")
+        if xattrs.is_dg_name(name_s):
+            return  # read-only view: writes are ignored so cp -a / rsync -aX keep working
+        if not xattrs.is_user_name(name_s) or node.is_dir:
+            raise _fuse_error(errno.ENOTSUP)
+        await self._set_user_xattrs(node, {**self._user_xattrs(node), name_s: value})
+
+    async def removexattr(self, inode, name, ctx):
+        self._check_writable()
+        node = self._node(inode)
+        name_s = name.decode(errors="surrogateescape")
+        current = self._user_xattrs(node)
+        if name_s not in current:
+            raise _fuse_error(pyfuse3.ENOATTR)
+        del current[name_s]
+        await self._set_user_xattrs(node, current)
+
+    def _user_xattrs(self, node: Node) -> dict[str, bytes]:
+        return dict(node.record.xattrs) if node.record is not None else {}
+
+    async def _set_user_xattrs(self, node: Node, values: dict[str, bytes]) -> None:
+        if node.record is None:
+            raise _fuse_error(errno.ENOTSUP)
+        attrs = self._effective_attrs(node)
+        if node.dirty:
+            node.record = replace(node.record, xattrs=values)
+            return
+        node.record = await self._run(self.store.set_attrs, node.record, attrs, values)
+        self.records.remember(node.record)

@@ -1,0 +1,245 @@
+"""Running a mount: checks before mounting, pyfuse3 init/main/close, signals, readiness.
+
+`dgfs mount` (without --foreground) starts this module's `run_foreground` in a child process
+and returns once the child reports over a pipe that the mount is ready (or why it failed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from core import codec
+from core.cache import CacheSettings, ContentCache
+from core.config import DeltaSettings, S3Settings
+from core.deltastore import DeltaStore
+from core.errors import DgError
+from core.objectstore import ObjectStore
+from dgfs.fs import DgfsOperations
+from dgfs.options import FsOptions
+
+log = logging.getLogger("dgfs.mount")
+
+
+class MountError(Exception):
+    """A mount cannot start (one-line message for the user)."""
+
+
+@dataclass
+class MountConfig:
+    """Everything a mount needs, gathered by the CLI."""
+
+    bucket: str
+    mountpoint: Path
+    s3: S3Settings
+    delta: DeltaSettings
+    cache: CacheSettings
+    fs: FsOptions
+    allow_other: bool = False
+    nonempty: bool = False
+    fuse_options: list[str] = field(default_factory=list)
+
+
+def runtime_dir() -> Path:
+    """Where running mounts leave their state files (pid, status) for `dgfs umount`."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/dgfs-{os.getuid()}"
+    path = Path(base) / "dgfs-mounts"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def state_file(mountpoint: Path) -> Path:
+    return runtime_dir() / (str(mountpoint.resolve()).strip("/").replace("/", "_") + ".json")
+
+
+def preflight(cfg: MountConfig) -> None:
+    """Fail fast, with one line, on everything we can check before mounting."""
+    mp = cfg.mountpoint
+    if not mp.exists():
+        raise MountError(f"mount point {mp} does not exist")
+    if not mp.is_dir():
+        raise MountError(f"mount point {mp} is not a directory")
+    if os.path.ismount(mp) and any(
+        line.split()[1] == str(mp.resolve())
+        for line in Path("/proc/mounts").read_text().splitlines()
+    ):
+        raise MountError(f"{mp} is already a mount point")
+    if not cfg.nonempty and any(mp.iterdir()):
+        raise MountError(f"mount point {mp} is not empty (use -o nonempty to mount over it)")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError(
+            "/dev/fuse is missing (load the fuse module or run with --device /dev/fuse)"
+        )
+    if shutil.which("fusermount3") is None:
+        raise MountError("fusermount3 not found (apt-get install fuse3)")
+    try:
+        codec.xdelta3_path()
+    except DgError as exc:
+        raise MountError(str(exc)) from None
+    try:
+        ObjectStore(cfg.bucket, cfg.s3).check_bucket()
+    except DgError as exc:
+        raise MountError(str(exc)) from None
+
+
+def fuse_options(cfg: MountConfig) -> set[str]:
+    opts = set(pyfuse3.default_options)
+    opts |= {f"fsname=dgfs:{cfg.bucket}", "subtype=dgfs"}
+    if cfg.allow_other:
+        opts.add("allow_other")
+    if cfg.fs.read_only:
+        opts.add("ro")
+    opts |= set(cfg.fuse_options)
+    return opts
+
+
+def run_foreground(cfg: MountConfig, ready_fd: int | None = None) -> int:
+    """Mount and serve until unmounted or signalled; returns the exit status."""
+    try:
+        preflight(cfg)
+    except MountError as exc:
+        _report_ready(ready_fd, f"error: {exc}")
+        raise
+    cache = ContentCache(cfg.cache)
+    staging = Path(cfg.fs.staging_dir)
+    store = DeltaStore(ObjectStore(cfg.bucket, cfg.s3), cfg.delta, cache, workdir=staging / "work")
+    ops = DgfsOperations(store, cache, cfg.fs)
+    status_path = state_file(cfg.mountpoint)  # before mounting: resolve() would stat the mount
+    try:
+        pyfuse3.init(ops, str(cfg.mountpoint), fuse_options(cfg))
+    except RuntimeError as exc:
+        _report_ready(ready_fd, f"error: cannot mount {cfg.mountpoint}: {exc}")
+        raise MountError(f"cannot mount {cfg.mountpoint}: {exc}") from None
+    _write_state(status_path, {"pid": os.getpid(), "bucket": cfg.bucket, "state": "mounted"})
+    failed: list[str] = []
+    try:
+        failed = trio.run(_serve, ops, ready_fd)
+    finally:
+        pyfuse3.close(unmount=True)
+        store.close()
+        cache.close()
+        ops.records.close()
+        _write_state(
+            status_path, {"pid": os.getpid(), "state": "stopped", "failed_uploads": failed}
+        )
+    if failed:
+        log.error(
+            "unmounted with %d upload(s) not done: %s (staged data kept in %s)",
+            len(failed),
+            ", ".join(failed),
+            staging,
+        )
+        return 1
+    log.info("unmounted cleanly")
+    return 0
+
+
+async def _serve(ops: DgfsOperations, ready_fd: int | None) -> list[str]:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signals)
+        nursery.start_soon(ops.retry_failed_uploads)
+        _report_ready(ready_fd, "ok")
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+    return await ops.flush_all()
+
+
+async def _on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting after pending uploads", signum)
+            pyfuse3.terminate()
+            return
+
+
+def _report_ready(fd: int | None, message: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, message.encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _write_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
+
+
+def spawn_daemon(argv: list[str], log_file: Path | None, timeout: float = 60.0) -> None:
+    """Run `dgfs mount --foreground …` in the background; return once it is mounted."""
+    read_fd, write_fd = os.pipe()
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dgfs.cli", *argv, "--foreground", "--ready-fd", str(write_fd)],
+        pass_fds=[write_fd],
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
+        start_new_session=True,
+    )
+    os.close(write_fd)
+    deadline = time.monotonic() + timeout
+    message = b""
+    with os.fdopen(read_fd, "rb") as pipe:
+        while time.monotonic() < deadline:
+            chunk = pipe.readline()
+            if chunk:
+                message = chunk
+                break
+            if proc.poll() is not None:
+                break
+    text = message.decode().strip()
+    if text == "ok":
+        return
+    if proc.poll() is None and not text:
+        proc.kill()
+        raise MountError(f"mount not ready after {timeout:.0f}s")
+    raise MountError(text.removeprefix("error: ") or f"mount failed (exit {proc.wait()})")
+
+
+def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 600.0) -> list[str]:
+    """Unmount and wait for the daemon to finish its uploads; returns failed upload keys."""
+    path = state_file(mountpoint)
+    state = json.loads(path.read_text()) if path.exists() else {}
+    args = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()
+        if detail and "busy" in detail[-1].lower():
+            raise MountError(f"{mountpoint} is busy (files open); close them or use --lazy")
+        raise MountError(detail[-1] if detail else f"fusermount3 exit {proc.returncode}")
+    pid = state.get("pid")
+    deadline = time.monotonic() + timeout
+    while pid and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    state = json.loads(path.read_text()) if path.exists() else {}
+    path.unlink(missing_ok=True)
+    return list(state.get("failed_uploads", []))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat_text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_text.split(")")[-1].split()[0] != "Z"

@@ -1,0 +1,32 @@
+"""Mount options shared by the CLI, `-o` strings and fstab helpers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class FsOptions:
+    """What the filesystem layer needs to know (everything else is core's business)."""
+
+    prefix: str = ""
+    read_only: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    umask: int = 0o022
+    metadata_ttl: float = 5.0
+    rename_dir_limit: int = 1000
+    staging_dir: Path = Path("/tmp/dgfs-staging")
+    max_threads: int = 16
+    retry_interval: float = 10.0
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """`BUCKET[/PREFIX]` or `s3://BUCKET/PREFIX` → (bucket, prefix without slashes at ends)."""
+    text = source[5:] if source.startswith("s3://") else source
+    bucket, _, prefix = text.partition("/")
+    if not bucket:
+        raise ValueError(f"{source!r}: no bucket name")
+    return bucket, prefix.strip("/")

@@ -1,0 +1,39 @@
+"""The `user.dg.*` view of a file's storage, and the rules for user-set attributes."""
+
+from __future__ import annotations
+
+from core.layout import Kind, ObjectRecord
+
+DG_PREFIX = "user.dg."
+USER_PREFIX = "user."
+
+
+def file_xattrs(record: ObjectRecord) -> dict[str, str]:
+    """Per-file storage facts as plain text (read-only; computed from metadata only)."""
+    kind = "symlink" if record.is_symlink else record.kind.value
+    original = max(record.original_size, 0)
+    values = {
+        "kind": kind,
+        "original-size": str(original),
+        "stored-size": str(record.stored_size),
+        "ratio": f"{record.ratio:.4f}",
+        "saved-bytes": str(original - record.stored_size),
+        "stored-key": record.stored_key,
+    }
+    if record.sha256:
+        values["sha256"] = record.sha256
+    if record.kind == Kind.DELTA:
+        values["ref-key"] = record.ref_key or ""
+        values["ref-sha256"] = record.ref_sha256 or ""
+    if record.tool:
+        values["tool"] = record.tool
+    return {DG_PREFIX + k: v for k, v in values.items()}
+
+
+def is_dg_name(name: str) -> bool:
+    return name.startswith(DG_PREFIX)
+
+
+def is_user_name(name: str) -> bool:
+    """Only the `user.` namespace is stored; others get ENOTSUP."""
+    return name.startswith(USER_PREFIX) and not is_dg_name(name)
