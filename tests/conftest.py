@@ -56,3 +56,28 @@ def deltastore(objectstore, tmp_path: Path) -> Iterator[DeltaStore]:
     store = DeltaStore(objectstore, DeltaSettings(), workdir=tmp_path / "work")
     yield store
     store.close()
+
+
+@pytest.fixture
+def mounter(s3_server, tmp_path: Path):
+    """Mount buckets for one test; every mount is unmounted at teardown (lazily if stuck)."""
+    from tests.mounting import Mount, force_unmount, mount
+
+    mounts: list[Mount] = []
+
+    def do_mount(bucket: str, name: str = "mnt", *extra: str, check: bool = True) -> Mount:
+        m = mount(bucket, tmp_path / name, tmp_path / "cache", *extra, check=check)
+        mounts.append(m)
+        return m
+
+    yield do_mount
+    for m in mounts:
+        if os.path.ismount(m.path):
+            m.umount()
+        force_unmount(m.path)
+
+
+@pytest.fixture
+def mnt(mounter, bucket):
+    """A fresh bucket mounted on a temp dir."""
+    return mounter(bucket)

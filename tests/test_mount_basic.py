@@ -1,0 +1,42 @@
+"""Smoke tests of a real mount: cp in and out, rsync twice, stat sizes, xattrs."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.datagen import version_series, write
+
+
+def test_cp_series_in_and_out(mnt, tmp_path):
+    versions = version_series(5, 1_000_000)
+    src = tmp_path / "src"
+    for i, data in enumerate(versions):
+        write(src / f"app-{i}.zip", data)
+    subprocess.run(["cp", "-r", str(src), str(mnt.path / "rel")], check=True)
+    out = tmp_path / "out"
+    subprocess.run(["cp", "-r", str(mnt.path / "rel"), str(out)], check=True)
+    for i in range(5):
+        subprocess.run(["cmp", str(src / f"app-{i}.zip"), str(out / f"app-{i}.zip")], check=True)
+        assert (mnt.path / "rel" / f"app-{i}.zip").stat().st_size == 1_000_000
+    kind = subprocess.run(
+        ["getfattr", "--only-values", "-n", "user.dg.kind", str(mnt.path / "rel" / "app-3.zip")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert kind == "delta"
+
+
+def test_rsync_twice_transfers_nothing(mnt, tmp_path):
+    src = tmp_path / "tree"
+    for i in range(10):
+        write(src / f"d{i % 3}" / f"f{i}.txt", f"file {i}\n".encode() * (i * 100 + 1))
+    subprocess.run(["rsync", "-a", f"{src}/", f"{mnt.path}/tree/"], check=True)
+    second = subprocess.run(
+        ["rsync", "-a", "--itemize-changes", "--stats", f"{src}/", f"{mnt.path}/tree/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Number of regular files transferred: 0" in second.stdout
+    subprocess.run(["diff", "-r", str(src), str(mnt.path / "tree")], check=True)
