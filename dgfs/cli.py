@@ -248,5 +248,15 @@ def umount_cmd(mountpoint: Path, lazy: bool) -> None:
     click.echo(f"unmounted {mountpoint}")
 
 
+def run(args: list[str] | None = None, prog_name: str = "dgfs") -> None:
+    """Entry point; `dgfs SOURCE MOUNTPOINT -o …` (as mount.fuse3 runs it) means `dgfs mount`."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if len(argv) >= 2 and argv[0] not in main.commands and not argv[0].startswith("-"):
+        from dgfs.fstab import to_mount_argv
+
+        argv = to_mount_argv(argv)
+    main.main(args=argv, prog_name=prog_name)
+
+
 if __name__ == "__main__":
-    main()
+    run()
