@@ -255,6 +255,7 @@ def run(args: list[str] | None = None, prog_name: str = "dgfs") -> None:
         from dgfs.fstab import to_mount_argv
 
         argv = to_mount_argv(argv)
+    sys.argv[1:] = argv  # `dgfs mount` re-executes itself in the background with these
     main.main(args=argv, prog_name=prog_name)
 
 
