@@ -14,7 +14,6 @@ import logging
 import os
 import stat
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from dgfs import xattrs
 from dgfs.errors import errno_for, guard_all
 from dgfs.inodes import InodeTable, Node
 from dgfs.options import FsOptions
+from dgfs.staging import StagingArea
 
 log = logging.getLogger("dgfs.fs")
 
@@ -78,11 +78,12 @@ class DgfsOperations(pyfuse3.Operations):
 
     supports_dot_lookup = False
 
-    def __init__(self, store: DeltaStore, cache, opts: FsOptions) -> None:
+    def __init__(self, store: DeltaStore, cache, opts: FsOptions, staging: StagingArea) -> None:
         super().__init__()
         self.store = store
         self.cache = cache
         self.opts = opts
+        self.staging = staging
         self.records = RecordCache(store)
         self.inodes = InodeTable()
         self.dirs: dict[str, DirState] = {}
@@ -92,7 +93,6 @@ class DgfsOperations(pyfuse3.Operations):
         self.limiter = trio.CapacityLimiter(opts.max_threads)
         self.failed_uploads: dict[str, str] = {}
         self.started_ns = time.time_ns()
-        opts.staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     # ------------------------------------------------------------ helpers
 
@@ -248,16 +248,22 @@ class DgfsOperations(pyfuse3.Operations):
             if not keep_content:
                 os.ftruncate(node.fd, 0)
             return
-        path = self.opts.staging_dir / uuid.uuid4().hex
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        path, fd = self.staging.new_file()
         try:
             if keep_content and node.record is not None and node.record.original_size != 0:
                 await self._run(self._materialize, node.record, path)
         except BaseException:
             os.close(fd)
-            path.unlink(missing_ok=True)
+            self.staging.remove(path)
             raise
         node.staging, node.fd = path, fd
+
+    def _make_dirty(self, node: Node) -> None:
+        """Mark a file's staged content as not yet in S3 (recorded for crash recovery)."""
+        node.pending = replace(node.pending or PosixAttrs(), mtime_ns=time.time_ns())
+        if not node.dirty and node.staging is not None and node.path is not None:
+            self.staging.mark_dirty(node.staging, self._key(node.path), self._effective_attrs(node))
+        node.dirty = True
 
     def _materialize(self, record: ObjectRecord, path: Path) -> None:
         try:
@@ -289,6 +295,7 @@ class DgfsOperations(pyfuse3.Operations):
                 log.error("upload %s failed: %s; data kept in %s", key, exc, node.staging)
                 raise _fuse_error(code) from None
             node.record, node.dirty, node.pending, node.upload_error = record, False, None, None
+            self.staging.mark_clean(node.staging)
             self.failed_uploads.pop(key, None)
             self._note_file(node.path, record)
 
@@ -305,7 +312,13 @@ class DgfsOperations(pyfuse3.Operations):
                 entry.close()
             except Exception as exc:
                 log.info("cache insert of %s skipped: %s", node.record.stored_key, exc)
-        path.unlink(missing_ok=True)
+        self.staging.remove(path)
+
+    def _discard_pending(self, node: Node) -> None:
+        """The file is gone (unlinked or replaced): its staged changes must not be uploaded."""
+        if node.staging is not None:
+            self.staging.mark_clean(node.staging)
+        node.dirty = False
 
     async def flush_all(self) -> list[str]:
         """Upload every dirty file (at unmount); returns the keys that still failed."""
@@ -352,8 +365,7 @@ class DgfsOperations(pyfuse3.Operations):
             async with node.lock:
                 await self._ensure_staging(node, keep_content=attr.st_size > 0)
                 os.ftruncate(node.fd, attr.st_size)
-                node.dirty = True
-                node.pending = replace(node.pending or PosixAttrs(), mtime_ns=time.time_ns())
+                self._make_dirty(node)
         new = self._effective_attrs(node) if not node.is_dir else node.dir_attrs
         if fields.update_mode:
             kind = stat.S_IFMT(new.mode or 0) or (stat.S_IFDIR if node.is_dir else stat.S_IFREG)
@@ -483,7 +495,7 @@ class DgfsOperations(pyfuse3.Operations):
             stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid, time.time_ns()
         )
         await self._ensure_staging(node, keep_content=False)
-        node.dirty = True
+        self._make_dirty(node)
         fh = self._open_handle(node, writable=True)
         return pyfuse3.FileInfo(fh=fh), self._lookup_reply(node)
 
@@ -511,8 +523,7 @@ class DgfsOperations(pyfuse3.Operations):
         if writable and flags & os.O_TRUNC:
             async with node.lock:
                 await self._ensure_staging(node, keep_content=False)
-                node.dirty = True
-                node.pending = replace(node.pending or PosixAttrs(), mtime_ns=time.time_ns())
+                self._make_dirty(node)
         fh = self._open_handle(node, writable)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False)
 
@@ -538,8 +549,7 @@ class DgfsOperations(pyfuse3.Operations):
         async with node.lock:
             await self._ensure_staging(node)
             written = os.pwrite(node.fd, buf, off)
-            node.dirty = True
-            node.pending = replace(node.pending or PosixAttrs(), mtime_ns=time.time_ns())
+            self._make_dirty(node)
         return written
 
     async def flush(self, fh):
@@ -577,7 +587,7 @@ class DgfsOperations(pyfuse3.Operations):
         if node.record is not None:
             await self._run(self.store.delete, node.record)
             self.records.forget(node.record.stored_key)
-        node.dirty = False
+        self._discard_pending(node)
         self._note_file(path, None)
         self.inodes.detach(node)
 
@@ -591,12 +601,13 @@ class DgfsOperations(pyfuse3.Operations):
         if await self._child(parent, _name(name)) is not None:
             raise _fuse_error(errno.EEXIST)
         attrs = PosixAttrs(stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, time.time_ns())
-        tmp = self.opts.staging_dir / uuid.uuid4().hex
-        tmp.write_bytes(target)
+        tmp, fd = self.staging.new_file()
         try:
+            os.write(fd, target)
             record = await self._run(self.store.put, tmp, self._key(path), attrs, None, None, True)
         finally:
-            tmp.unlink(missing_ok=True)
+            os.close(fd)
+            self.staging.remove(tmp)
         node = self.inodes.node_for(path, False)
         node.record = record
         self._note_file(path, record)
@@ -652,9 +663,13 @@ class DgfsOperations(pyfuse3.Operations):
             elif replaced is not None:
                 src.record = replaced
             if dst is not None:
-                dst.dirty = False
+                self._discard_pending(dst)
                 self.inodes.detach(dst)
             self.inodes.move(src, new_path)
+            if src.dirty and src.staging is not None:
+                self.staging.mark_dirty(
+                    src.staging, self._key(new_path), self._effective_attrs(src)
+                )
         self._note_file(old_path, None)
         if src.record is not None and not src.dirty:
             self._note_file(new_path, src.record)

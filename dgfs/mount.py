@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from core.errors import DgError
 from core.objectstore import ObjectStore
 from dgfs.fs import DgfsOperations
 from dgfs.options import FsOptions
+from dgfs.staging import StagingArea, recover
 
 log = logging.getLogger("dgfs.mount")
 
@@ -112,9 +114,13 @@ def run_foreground(cfg: MountConfig, ready_fd: int | None = None) -> int:
         _report_ready(ready_fd, f"error: {exc}")
         raise
     cache = ContentCache(cfg.cache)
-    staging = Path(cfg.fs.staging_dir)
-    store = DeltaStore(ObjectStore(cfg.bucket, cfg.s3), cfg.delta, cache, workdir=staging / "work")
-    ops = DgfsOperations(store, cache, cfg.fs)
+    staging = StagingArea(cfg.fs.cache_base, cfg.bucket)
+    store = DeltaStore(
+        ObjectStore(cfg.bucket, cfg.s3), cfg.delta, cache, workdir=staging.path / "work"
+    )
+    for line in recover(cfg.fs.cache_base, cfg.bucket, store.put):
+        _report_ready(ready_fd, f"note: {line}", close=False)
+    ops = DgfsOperations(store, cache, cfg.fs, staging)
     status_path = state_file(cfg.mountpoint)  # before mounting: resolve() would stat the mount
     try:
         pyfuse3.init(ops, str(cfg.mountpoint), fuse_options(cfg))
@@ -130,6 +136,7 @@ def run_foreground(cfg: MountConfig, ready_fd: int | None = None) -> int:
         store.close()
         cache.close()
         ops.records.close()
+        staging.close(keep=bool(failed))
         _write_state(
             status_path, {"pid": os.getpid(), "state": "stopped", "failed_uploads": failed}
         )
@@ -163,12 +170,16 @@ async def _on_signals() -> None:
             return
 
 
-def _report_ready(fd: int | None, message: str) -> None:
+def _report_ready(fd: int | None, message: str, close: bool = True) -> None:
+    """Tell the waiting `dgfs mount` parent a line ('note: …', then 'ok' or 'error: …')."""
     if fd is None:
+        if message.startswith("note: "):
+            log.warning("%s", message[6:])
         return
     try:
         os.write(fd, message.encode() + b"\n")
-        os.close(fd)
+        if close:
+            os.close(fd)
     except OSError:
         pass
 
@@ -192,23 +203,32 @@ def spawn_daemon(argv: list[str], log_file: Path | None, timeout: float = 60.0) 
         start_new_session=True,
     )
     os.close(write_fd)
-    deadline = time.monotonic() + timeout
-    message = b""
-    with os.fdopen(read_fd, "rb") as pipe:
-        while time.monotonic() < deadline:
-            chunk = pipe.readline()
-            if chunk:
-                message = chunk
-                break
-            if proc.poll() is not None:
-                break
-    text = message.decode().strip()
+    text = _read_ready(read_fd, timeout)
     if text == "ok":
         return
-    if proc.poll() is None and not text:
+    if text is None:
         proc.kill()
         raise MountError(f"mount not ready after {timeout:.0f}s")
-    raise MountError(text.removeprefix("error: ") or f"mount failed (exit {proc.wait()})")
+    try:
+        code = proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        code = "?"
+    raise MountError(text.removeprefix("error: ") or f"mount failed (exit {code})")
+
+
+def _read_ready(read_fd: int, timeout: float) -> str | None:
+    """The child's final line ('ok' / 'error: …' / '' at EOF), echoing notes; None on timeout."""
+    deadline = time.monotonic() + timeout
+    with os.fdopen(read_fd, "rb") as pipe:
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not select.select([pipe], [], [], remaining)[0]:
+                continue
+            line = pipe.readline().decode().strip()
+            if line.startswith("note: "):
+                print(f"dgfs: {line[6:]}", file=sys.stderr)
+                continue
+            return line
+    return None
 
 
 def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 600.0) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from pathlib import Path
 
 import click
@@ -113,7 +112,7 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
     fs = FsOptions(
         prefix=prefix,
         read_only=bool(opts.get("read_only")),
-        staging_dir=base / "staging" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}",
+        cache_base=base,
     )
     for name in ("uid", "gid", "metadata_ttl", "rename_dir_limit"):
         if opts.get(name) is not None:

@@ -18,7 +18,7 @@ class FsOptions:
     umask: int = 0o022
     metadata_ttl: float = 5.0
     rename_dir_limit: int = 1000
-    staging_dir: Path = Path("/tmp/dgfs-staging")
+    cache_base: Path = Path("/tmp/dgfs")
     max_threads: int = 16
     retry_interval: float = 10.0
 
