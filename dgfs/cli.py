@@ -259,5 +259,6 @@ def run(args: list[str] | None = None, prog_name: str = "dgfs") -> None:
     main.main(args=argv, prog_name=prog_name)
 
 
+__import__("dgfs.cli_stats", fromlist=["register"]).register(main)  # stats/gc/verify/cache
 if __name__ == "__main__":
     run()

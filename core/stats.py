@@ -1,0 +1,350 @@
+"""Storage statistics from LIST + HEAD metadata only (no object body is read).
+
+Accounting per deltaspace (see the spec's "Stats fields"): original bytes are `dg-file-size`
+for deltas and the object size otherwise; stored bytes are the object sizes plus the
+deltaspace's `reference.bin` when a delta uses it. Plain objects (no dg metadata) count at
+their size. A reference no listed delta uses is orphaned; a delta whose reference is absent
+is unreadable (a missing reference).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core import layout
+from core.deltastore import DeltaStore
+from core.errors import NotFound, PreconditionFailed
+from core.layout import Kind, ObjectRecord
+from core.metadata import RecordCache
+from core.objectstore import ObjectInfo
+
+DIR_XATTR_PREFIX = "user.dg.dir."
+BUCKET_XATTR_PREFIX = "user.dg.bucket."
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class DeltaspaceStats:
+    """Counts and bytes of one deltaspace (or, as a total, of many: reference fields summed)."""
+
+    prefix: str
+    delta_count: int = 0
+    direct_count: int = 0
+    plain_count: int = 0
+    original_bytes: int = 0
+    stored_bytes: int = 0
+    reference_size: int = 0
+    reference_sha256: str | None = None
+    reference_key: str | None = None
+    reference_used: bool = False
+    missing_references: dict[str, str] = field(default_factory=dict)  # delta key → reference
+    computed_at: float = field(default_factory=time.time)
+
+    @property
+    def file_count(self) -> int:
+        return self.delta_count + self.direct_count + self.plain_count
+
+    @property
+    def ratio(self) -> float:
+        """Stored over original bytes; 0 when nothing is stored."""
+        return self.stored_bytes / self.original_bytes if self.original_bytes else 0.0
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.original_bytes - self.stored_bytes
+
+    @property
+    def orphaned(self) -> bool:
+        """A reference.bin exists but no delta uses it."""
+        return self.reference_key is not None and not self.reference_used
+
+    def to_json(self) -> dict:
+        return {
+            "prefix": self.prefix,
+            "file_count": self.file_count,
+            "delta_count": self.delta_count,
+            "direct_count": self.direct_count,
+            "plain_count": self.plain_count,
+            "original_bytes": self.original_bytes,
+            "stored_bytes": self.stored_bytes,
+            "ratio": self.ratio,
+            "saved_bytes": self.saved_bytes,
+            "reference_key": self.reference_key,
+            "reference_size": self.reference_size,
+            "reference_sha256": self.reference_sha256,
+            "orphaned_reference": self.orphaned,
+            "missing_references": dict(self.missing_references),
+            "computed_at": iso_time(self.computed_at),
+        }
+
+
+@dataclass
+class BucketStats:
+    """Totals over every deltaspace under a prefix, with deltaglider's `stats --json` fields."""
+
+    bucket: str
+    prefix: str
+    total: DeltaspaceStats
+    deltaspaces: dict[str, DeltaspaceStats]
+
+    @property
+    def orphaned_references(self) -> dict[str, int]:
+        """Orphaned reference key → its size."""
+        return {
+            s.reference_key: s.reference_size
+            for s in self.deltaspaces.values()
+            if s.orphaned and s.reference_key
+        }
+
+    @property
+    def missing_references(self) -> dict[str, str]:
+        return self.total.missing_references
+
+    def to_json(self, detailed: bool = False) -> dict:
+        t = self.total
+        saved = max(t.saved_bytes, 0)  # deltaglider clamps both at zero
+        out = {
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "object_count": t.file_count,
+            "total_size": t.original_bytes,
+            "compressed_size": t.stored_bytes,
+            "space_saved": saved,
+            "average_compression_ratio": saved / t.original_bytes if t.original_bytes else 0.0,
+            "delta_objects": t.delta_count,
+            "direct_objects": t.direct_count + t.plain_count,  # deltaglider: every non-delta
+            "plain_objects": t.plain_count,
+            "original_bytes": t.original_bytes,
+            "stored_bytes": t.stored_bytes,
+            "saved_bytes": t.saved_bytes,
+            "ratio": t.ratio,
+            "reference_bytes": t.reference_size,
+            "orphaned_references": [
+                {"key": k, "size": v} for k, v in self.orphaned_references.items()
+            ],
+            "missing_references": [
+                {"key": k, "reference": v} for k, v in self.missing_references.items()
+            ],
+            "computed_at": iso_time(t.computed_at),
+        }
+        if detailed:
+            out["deltaspaces"] = {p: s.to_json() for p, s in sorted(self.deltaspaces.items())}
+        return out
+
+
+def iso_time(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _base(prefix: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def _counted(key: str) -> bool:
+    """Listed keys that stats look at: no directory markers, no tool-private prefixes."""
+    return not key.endswith("/") and not any(
+        p in layout.HIDDEN_SEGMENTS for p in key.split("/")[:-1]
+    )
+
+
+def _is_reference(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] == layout.REFERENCE_NAME
+
+
+def _resolve(store: DeltaStore, records: RecordCache | None, objects: list[ObjectInfo]):
+    """HEAD records for listed objects (vanished ones dropped), through `records` if given."""
+    cache = records or RecordCache(store)
+    try:
+        return [r for r in cache.resolve(objects) if r is not None]
+    finally:
+        if records is None:
+            cache.close()
+
+
+class _Tally:
+    """Accumulates records into per-deltaspace stats."""
+
+    def __init__(self, store: DeltaStore) -> None:
+        self.store = store
+        self.spaces: dict[str, DeltaspaceStats] = {}
+        self.refs: dict[str, ObjectRecord] = {}
+        self.deltas: list[ObjectRecord] = []
+        self._exists: dict[str, bool] = {}
+
+    def space(self, prefix: str) -> DeltaspaceStats:
+        if prefix not in self.spaces:
+            self.spaces[prefix] = DeltaspaceStats(prefix)
+        return self.spaces[prefix]
+
+    def add(self, record: ObjectRecord) -> None:
+        key = record.stored_key
+        s = self.space(layout.deltaspace_of(key))
+        if _is_reference(key):
+            self.refs[key] = record
+            s.reference_key, s.reference_size = key, record.stored_size
+            s.reference_sha256 = record.sha256
+            return
+        s.stored_bytes += record.stored_size
+        s.original_bytes += max(record.original_size, 0)
+        if record.kind == Kind.DELTA:
+            s.delta_count += 1
+            self.deltas.append(record)
+        elif record.kind == Kind.DIRECT:
+            s.direct_count += 1
+        else:
+            s.plain_count += 1
+
+    def finish(self) -> dict[str, DeltaspaceStats]:
+        """Attribute each delta to its reference: mark it used, or record it missing."""
+        for delta in self.deltas:
+            ref_key = delta.ref_key or layout.reference_key(layout.deltaspace_of(delta.stored_key))
+            if ref_key in self.refs:
+                self.space(layout.deltaspace_of(ref_key)).reference_used = True
+            elif not self._head_exists(ref_key):
+                space = self.space(layout.deltaspace_of(delta.stored_key))
+                space.missing_references[delta.stored_key] = ref_key
+        for s in self.spaces.values():
+            if s.reference_used:
+                s.stored_bytes += s.reference_size
+        return self.spaces
+
+    def _head_exists(self, key: str) -> bool:
+        """Whether an unlisted reference exists (elsewhere; one HEAD each, remembered)."""
+        if key not in self._exists:
+            try:
+                self.store.store.head(key)
+                self._exists[key] = True
+            except NotFound:
+                self._exists[key] = False
+        return self._exists[key]
+
+
+def _sum(prefix: str, parts: Iterable[DeltaspaceStats]) -> DeltaspaceStats:
+    total = DeltaspaceStats(prefix)
+    for s in parts:
+        total.delta_count += s.delta_count
+        total.direct_count += s.direct_count
+        total.plain_count += s.plain_count
+        total.original_bytes += s.original_bytes
+        total.stored_bytes += s.stored_bytes
+        total.reference_size += s.reference_size
+        total.reference_used = total.reference_used or s.reference_used
+        total.missing_references.update(s.missing_references)
+    return total
+
+
+def bucket_stats(
+    store: DeltaStore,
+    prefix: str = "",
+    records: RecordCache | None = None,
+    progress: Progress | None = None,
+) -> BucketStats:
+    """Stats of everything under `prefix` (recursive LIST, one HEAD per object).
+
+    `progress(n)` is called with the number of objects examined so far, once per LIST page.
+    """
+    base = _base(prefix)
+    tally = _Tally(store)
+    seen = 0
+    for page in store.store.list_pages(base, delimiter=None):
+        objects = [o for o in page.objects if _counted(o.key)]
+        for record in _resolve(store, records, objects):
+            tally.add(record)
+        seen += len(page.objects)
+        if progress:
+            progress(seen)
+    spaces = tally.finish()
+    scope = base.rstrip("/")
+    return BucketStats(store.store.bucket, scope, _sum(scope, spaces.values()), spaces)
+
+
+def deltaspace_stats(
+    store: DeltaStore, prefix: str, records: RecordCache | None = None
+) -> DeltaspaceStats:
+    """Stats of ONE directory level: one delimited LIST plus HEADs (reused from `records`)."""
+    base = _base(prefix)
+    tally = _Tally(store)
+    tally.space(base.rstrip("/"))
+    objects = [o for page in store.store.list_pages(base) for o in page.objects if _counted(o.key)]
+    for record in _resolve(store, records, objects):
+        tally.add(record)
+    return tally.finish()[base.rstrip("/")]
+
+
+def _xattr_values(s: DeltaspaceStats) -> dict[str, str]:
+    values = {
+        "file-count": str(s.file_count),
+        "delta-count": str(s.delta_count),
+        "direct-count": str(s.direct_count),
+        "plain-count": str(s.plain_count),
+        "original-bytes": str(s.original_bytes),
+        "stored-bytes": str(s.stored_bytes),
+        "ratio": f"{s.ratio:.4f}",
+        "saved-bytes": str(s.saved_bytes),
+        "reference-size": str(s.reference_size),
+        "computed-at": iso_time(s.computed_at),
+    }
+    if s.reference_sha256:
+        values["reference-sha256"] = s.reference_sha256
+    return values
+
+
+def format_xattrs(
+    stats: DeltaspaceStats, root: bool = False, bucket: BucketStats | None = None
+) -> dict[str, str]:
+    """`user.dg.dir.*` for one directory; at the mount root also `user.dg.bucket.*`.
+
+    `root=True` needs `bucket` (from `bucket_stats` over the mount prefix); the bucket's
+    reference-size is the sum over its deltaspaces and it has no reference-sha256.
+    """
+    out = {DIR_XATTR_PREFIX + k: v for k, v in _xattr_values(stats).items()}
+    if root:
+        if bucket is None:
+            raise ValueError("format_xattrs(root=True) needs the bucket stats")
+        out.update({BUCKET_XATTR_PREFIX + k: v for k, v in _xattr_values(bucket.total).items()})
+    return out
+
+
+# ---------------------------------------------------------------- garbage collection
+
+
+def _has_deltas(store: DeltaStore, prefix: str) -> bool:
+    """Whether the deltaspace holds a `.delta` (delimited listing: sibling prefixes don't count)."""
+    return any(
+        o.key.endswith(layout.DELTA_SUFFIX)
+        for page in store.store.list_pages(_base(prefix))
+        for o in page.objects
+    )
+
+
+def remove_orphan(store: DeltaStore, ref_key: str) -> bool:
+    """Delete an orphaned reference unless a delta is (or appears) in its deltaspace.
+
+    Same protocol as DeltaStore.delete: list right before deleting, keep the bytes, delete,
+    list again and restore (conditional create) if a delta appeared meanwhile. True if removed.
+    """
+    prefix = layout.deltaspace_of(ref_key)
+    if _has_deltas(store, prefix):
+        return False
+    with tempfile.TemporaryDirectory(dir=store.workdir) as tmp:
+        kept = Path(tmp) / "reference"
+        try:
+            with kept.open("wb") as f:
+                info, _ = store.store.download(ref_key, f)
+        except NotFound:
+            return False
+        store.store.delete(ref_key)
+        if not _has_deltas(store, prefix):
+            return True
+        try:
+            store.store.put_file(ref_key, kept, info.metadata or {}, if_none_match=True)
+        except PreconditionFailed:
+            pass
+        return False
