@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,14 +159,22 @@ def _is_reference(key: str) -> bool:
     return key.rsplit("/", 1)[-1] == layout.REFERENCE_NAME
 
 
-def _resolve(store: DeltaStore, records: RecordCache | None, objects: list[ObjectInfo]):
-    """HEAD records for listed objects (vanished ones dropped), through `records` if given."""
-    cache = records or RecordCache(store)
+@contextmanager
+def _record_cache(store: DeltaStore, records: RecordCache | None) -> Iterator[RecordCache]:
+    """The caller's RecordCache, or a private one closed afterwards."""
+    if records is not None:
+        yield records
+        return
+    own = RecordCache(store)
     try:
-        return [r for r in cache.resolve(objects) if r is not None]
+        yield own
     finally:
-        if records is None:
-            cache.close()
+        own.close()
+
+
+def _resolve(cache: RecordCache, objects: list[ObjectInfo]) -> list[ObjectRecord]:
+    """Records of listed objects (HEADs in parallel unless cached); vanished ones dropped."""
+    return [r for r in cache.resolve(objects) if r is not None]
 
 
 class _Tally:
@@ -253,13 +262,13 @@ def bucket_stats(
     base = _base(prefix)
     tally = _Tally(store)
     seen = 0
-    for page in store.store.list_pages(base, delimiter=None):
-        objects = [o for o in page.objects if _counted(o.key)]
-        for record in _resolve(store, records, objects):
-            tally.add(record)
-        seen += len(page.objects)
-        if progress:
-            progress(seen)
+    with _record_cache(store, records) as cache:
+        for page in store.store.list_pages(base, delimiter=None):
+            for record in _resolve(cache, [o for o in page.objects if _counted(o.key)]):
+                tally.add(record)
+            seen += len(page.objects)
+            if progress:
+                progress(seen)
     spaces = tally.finish()
     scope = base.rstrip("/")
     return BucketStats(store.store.bucket, scope, _sum(scope, spaces.values()), spaces)
@@ -273,8 +282,9 @@ def deltaspace_stats(
     tally = _Tally(store)
     tally.space(base.rstrip("/"))
     objects = [o for page in store.store.list_pages(base) for o in page.objects if _counted(o.key)]
-    for record in _resolve(store, records, objects):
-        tally.add(record)
+    with _record_cache(store, records) as cache:
+        for record in _resolve(cache, objects):
+            tally.add(record)
     return tally.finish()[base.rstrip("/")]
 
 
