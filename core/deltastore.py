@@ -118,8 +118,11 @@ class DeltaStore:
             raise NotFound(f"{logical_key}: no such file")
         return max(found, key=lambda r: (r.last_modified_ns, r.kind != Kind.DELTA))
 
-    def list_dir(self, prefix: str) -> DirListing:
+    def list_dir(self, prefix: str, on_page=None) -> DirListing:
         """One directory level (prefix '' = root) from LIST pages only.
+
+        `on_page(objects)`, if given, is called with each page's file objects as it arrives
+        (so metadata HEADs can overlap the rest of the listing).
 
         Hidden: references, `.deltaglider/`, `.dgfs/`. Skipped (reported): names that cannot be
         file names, and a file whose name is also a directory (the directory wins). When both
@@ -138,6 +141,14 @@ class DeltaStore:
                     listing.skipped.append(p)
             for obj in page.objects:
                 self._classify_listed(listing, base, obj)
+            if on_page is not None:
+                on_page(
+                    [
+                        o
+                        for o in page.objects
+                        if not o.key.endswith("/") and not layout.is_hidden_key(o.key)
+                    ]
+                )
         for name in list(listing.files):
             if name in listing.dirs:
                 listing.skipped.append(listing.files.pop(name).key)

@@ -248,6 +248,47 @@ def umount_cmd(mountpoint: Path, lazy: bool) -> None:
     click.echo(f"unmounted {mountpoint}")
 
 
+@main.command("status")
+@click.argument("mountpoint", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--flush", is_flag=True, help="Upload everything pending now; fail if any upload fails."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_cmd(mountpoint: Path, flush: bool, as_json: bool) -> None:
+    """Show a running mount's pending and failed uploads, S3 requests and cache figures.
+
+    \b
+    Examples:
+      dgfs status /mnt/releases
+      dgfs status /mnt/releases --flush --json
+    """
+    from dgfs.xattrs import FLUSH_NAME, STATUS_NAME
+
+    try:
+        if flush:
+            os.setxattr(mountpoint, FLUSH_NAME, b"1")
+        state = json.loads(os.getxattr(mountpoint, STATUS_NAME))
+    except OSError as exc:
+        raise click.ClickException(f"{mountpoint}: {exc.strerror} (is it a dgfs mount?)") from None
+    if as_json:
+        click.echo(json.dumps(state, indent=2, sort_keys=True))
+        return
+    cache = state.get("cache", {})
+    lookups = cache.get("hits", 0) + cache.get("misses", 0)
+    click.echo(f"pending uploads: {len(state['pending_uploads'])}")
+    for key in state["pending_uploads"]:
+        click.echo(f"  {key}")
+    click.echo(f"failed uploads:  {len(state['failed_uploads'])}")
+    for key, why in state["failed_uploads"].items():
+        click.echo(f"  {key}: {why}")
+    requests = ", ".join(f"{k}={v}" for k, v in sorted(state["s3_requests"].items()))
+    click.echo(f"S3 requests:     {requests or 'none'}")
+    rate = f"{cache.get('hits', 0) / lookups:.1%}" if lookups else "n/a"
+    click.echo(
+        f"cache hit rate:  {rate} ({cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses)"
+    )
+
+
 def run(args: list[str] | None = None, prog_name: str = "dgfs") -> None:
     """Entry point; `dgfs SOURCE MOUNTPOINT -o …` (as mount.fuse3 runs it) means `dgfs mount`."""
     argv = list(sys.argv[1:] if args is None else args)

@@ -10,6 +10,7 @@ import errno
 import functools
 import hashlib
 import itertools
+import json
 import logging
 import os
 import stat
@@ -54,6 +55,12 @@ def _name(raw: bytes) -> str:
         raise _fuse_error(errno.EINVAL) from None
 
 
+def metadata_db_path(cache_base: Path, store: DeltaStore) -> Path:
+    """The persisted metadata cache of one endpoint+bucket under the cache dir."""
+    ident = f"{store.store.settings.endpoint_url or 'aws'}|{store.store.bucket}"
+    return cache_base / f"metadata-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.sqlite3"
+
+
 @dataclass
 class DirState:
     """A directory's last listing: logical names → listed objects, and when it was taken."""
@@ -84,7 +91,7 @@ class DgfsOperations(pyfuse3.Operations):
         self.cache = cache
         self.opts = opts
         self.staging = staging
-        self.records = RecordCache(store)
+        self.records = RecordCache(store, db_path=metadata_db_path(opts.cache_base, store))
         self.inodes = InodeTable()
         self.dirs: dict[str, DirState] = {}
         self.handles: dict[int, Handle] = {}
@@ -114,7 +121,7 @@ class DgfsOperations(pyfuse3.Operations):
         now = time.monotonic()
         if state is not None and not refresh and now - state.fetched < self.opts.metadata_ttl:
             return state
-        listing = await self._run(self.store.list_dir, self._key(path))
+        listing = await self._run(self.store.list_dir, self._key(path), self.records.prefetch)
         if listing.stale and not self.opts.read_only:
             await self._run(self.store.cleanup_stale, listing.stale)
         for key in listing.skipped:
@@ -707,29 +714,47 @@ class DgfsOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ extended attributes
 
-    async def getxattr(self, inode, name, ctx):
-        node = self._node(inode)
-        name_s = name.decode(errors="surrogateescape")
+    async def _xattr_values(self, node: Node) -> dict[str, bytes]:
+        """Every extended attribute of a node: storage facts, user attributes, mount status."""
+        values: dict[str, bytes] = {}
         if node.record is not None and not node.is_dir:
-            values = xattrs.file_xattrs(node.record)
-            if name_s in values:
-                return values[name_s].encode()
-            stored = node.record.xattrs.get(name_s)
-            if stored is not None:
-                return stored
-        raise _fuse_error(pyfuse3.ENOATTR)
+            values.update({k: v.encode() for k, v in xattrs.file_xattrs(node.record).items()})
+            values.update(node.record.xattrs)
+        if node.ino == pyfuse3.ROOT_INODE:
+            values[xattrs.STATUS_NAME] = json.dumps(self.status()).encode()
+        return values
+
+    def status(self) -> dict:
+        """What `dgfs status` shows: pending and failed uploads, S3 requests, cache figures."""
+        dirty = self.inodes.dirty_nodes()
+        return {
+            "pending_uploads": sorted(self._key(n.path) for n in dirty if n.path is not None),
+            "failed_uploads": dict(self.failed_uploads),
+            "s3_requests": dict(self.store.store.requests),
+            "cache": self.cache.stats().as_dict() if self.cache is not None else {},
+        }
+
+    async def getxattr(self, inode, name, ctx):
+        value = (await self._xattr_values(self._node(inode))).get(
+            name.decode(errors="surrogateescape")
+        )
+        if value is None:
+            raise _fuse_error(pyfuse3.ENOATTR)
+        return value
 
     async def listxattr(self, inode, ctx):
-        node = self._node(inode)
-        if node.record is None or node.is_dir:
-            return []
-        names = list(xattrs.file_xattrs(node.record)) + list(node.record.xattrs)
-        return [n.encode() for n in names]
+        return [
+            n.encode(errors="surrogateescape") for n in await self._xattr_values(self._node(inode))
+        ]
 
     async def setxattr(self, inode, name, value, ctx):
         self._check_writable()
         node = self._node(inode)
         name_s = name.decode(errors="surrogateescape")
+        if name_s == xattrs.FLUSH_NAME and node.ino == pyfuse3.ROOT_INODE:
+            if await self.flush_all():
+                raise _fuse_error(errno.EIO)
+            return
         if xattrs.is_dg_name(name_s):
             return  # read-only view: writes are ignored so cp -a / rsync -aX keep working
         if not xattrs.is_user_name(name_s) or node.is_dir:

@@ -6,6 +6,8 @@ from core.layout import Kind, ObjectRecord
 
 DG_PREFIX = "user.dg."
 USER_PREFIX = "user."
+STATUS_NAME = "user.dg.mount.status"  # on the mount root: JSON for `dgfs status`
+FLUSH_NAME = "user.dg.mount.flush"  # set on the mount root: upload everything pending now
 
 
 def file_xattrs(record: ObjectRecord) -> dict[str, str]:
