@@ -201,6 +201,11 @@ class DeltaStore:
             return None
         return self._remember_reference(prefix, record.stored_key, record)
 
+    def known_reference(self, prefix: str) -> Reference | None:
+        """The deltaspace's reference if this store has already seen it (no I/O)."""
+        with self._refs_lock:
+            return self._refs.get(prefix)
+
     def _remember_reference(self, prefix: str, key: str, record: ObjectRecord) -> Reference:
         if not record.sha256:
             raise IntegrityError(f"{key}: reference without dg-file-sha256")

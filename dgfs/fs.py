@@ -25,10 +25,11 @@ from core import layout
 from core.cache import NotCacheable
 from core.deltastore import DeltaStore, DirListing, TooManyObjects
 from core.errors import InvalidName, NotFound
-from core.layout import ObjectRecord, PosixAttrs
+from core.layout import Kind, ObjectRecord, PosixAttrs
 from core.metadata import RecordCache
 from core.objectstore import ObjectInfo
 from dgfs import xattrs
+from dgfs.dirstats import DirStats
 from dgfs.errors import errno_for, guard_all
 from dgfs.inodes import InodeTable, Node
 from dgfs.options import FsOptions
@@ -100,6 +101,7 @@ class DgfsOperations(pyfuse3.Operations):
         self.limiter = trio.CapacityLimiter(opts.max_threads)
         self.failed_uploads: dict[str, str] = {}
         self.started_ns = time.time_ns()
+        self.dir_stats = DirStats(store, self.records, self._key, opts.metadata_ttl, self.limiter)
 
     # ------------------------------------------------------------ helpers
 
@@ -140,6 +142,7 @@ class DgfsOperations(pyfuse3.Operations):
     def _note_file(self, path: str, record: ObjectRecord | None) -> None:
         """Keep the parent's cached listing in step with a local change (None = removed)."""
         parent, _, name = path.rpartition("/")
+        self.dir_stats.invalidate(parent)
         state = self.dirs.get(parent)
         if state is None:
             return
@@ -148,6 +151,10 @@ class DgfsOperations(pyfuse3.Operations):
             return
         self.records.remember(record)
         state.listing.files[name] = ObjectInfo(record.stored_key, record.stored_size, "", 0)
+        if record.kind == Kind.DELTA and state.listing.reference is None:
+            ref = self.store.known_reference(layout.deltaspace_of(record.stored_key))
+            if ref is not None:
+                state.listing.reference = ObjectInfo(ref.key, ref.size, "", 0)
 
     def _note_dir(self, path: str, present: bool) -> None:
         parent, _, name = path.rpartition("/")
@@ -177,6 +184,11 @@ class DgfsOperations(pyfuse3.Operations):
             e.st_mode = stat.S_IFDIR | (stat.S_IMODE(a.mode) if a.mode else default_mode & 0o7777)
             e.st_nlink = 2
             e.st_size = 0
+            state = self.dirs.get(node.path) if node.path is not None else None
+            if state is not None and state.listing.reference is not None:
+                # du counts a directory's own blocks: let them be its reference.bin, so that
+                # `du -s dir` is what S3 stores for it
+                e.st_blocks = (state.listing.reference.size + BLOCK - 1) // BLOCK
             mtime = a.mtime_ns or self.started_ns
         else:
             a = self._effective_attrs(node)
@@ -720,6 +732,9 @@ class DgfsOperations(pyfuse3.Operations):
         if node.record is not None and not node.is_dir:
             values.update({k: v.encode() for k, v in xattrs.file_xattrs(node.record).items()})
             values.update(node.record.xattrs)
+        if node.is_dir and node.path is not None:
+            figures = await self.dir_stats.values(node.path, root=node.ino == pyfuse3.ROOT_INODE)
+            values.update({k: v.encode() for k, v in figures.items()})
         if node.ino == pyfuse3.ROOT_INODE:
             values[xattrs.STATUS_NAME] = json.dumps(self.status()).encode()
         return values

@@ -154,6 +154,7 @@ def run_foreground(cfg: MountConfig, ready_fd: int | None = None) -> int:
 
 async def _serve(ops: DgfsOperations, ready_fd: int | None) -> list[str]:
     async with trio.open_nursery() as nursery:
+        ops.dir_stats.nursery = nursery
         nursery.start_soon(_on_signals)
         nursery.start_soon(ops.retry_failed_uploads)
         _report_ready(ready_fd, "ok")
