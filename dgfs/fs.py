@@ -758,9 +758,10 @@ class DgfsOperations(pyfuse3.Operations):
         return value
 
     async def listxattr(self, inode, ctx):
-        return [
-            n.encode(errors="surrogateescape") for n in await self._xattr_values(self._node(inode))
-        ]
+        names = await self._xattr_values(self._node(inode))
+        # the status JSON changes with every request: listed, its size could change between
+        # getfattr's size probe and its read (ERANGE); `dgfs status` asks for it by name
+        return [n.encode(errors="surrogateescape") for n in names if n != xattrs.STATUS_NAME]
 
     async def setxattr(self, inode, name, value, ctx):
         self._check_writable()
