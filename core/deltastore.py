@@ -506,24 +506,37 @@ class DeltaStore:
     # ------------------------------------------------------------ rename / attributes
 
     def rename(
-        self, record: ObjectRecord, dst_logical: str, replaced: ObjectRecord | None = None
+        self,
+        record: ObjectRecord,
+        dst_logical: str,
+        replaced: ObjectRecord | None = None,
+        attrs: PosixAttrs | None = None,
     ) -> ObjectRecord:
         """Move a logical file. Same deltaspace (or no delta): server-side copy + delete.
-        Across deltaspaces a delta is re-encoded against the destination's reference."""
+        Across deltaspaces a delta is re-encoded against the destination's reference.
+        `attrs`, if given, replace the POSIX attributes in the same copy (no extra request)."""
         layout.check_logical_name(dst_logical)
         same_space = layout.deltaspace_of(record.logical_key) == layout.deltaspace_of(dst_logical)
         if record.kind == Kind.DELTA and not same_space:
             with self._scratch() as tmp:
                 self.reconstruct(record, tmp / "file")
-                new = self.put(tmp / "file", dst_logical, record.attrs, record.xattrs, replaced)
+                new = self.put(
+                    tmp / "file", dst_logical, attrs or record.attrs, record.xattrs, replaced
+                )
         else:
             dst_key = layout.delta_key(dst_logical) if record.kind == Kind.DELTA else dst_logical
-            meta = dict(record.metadata)
+            meta = _metadata_with(record, attrs) if attrs is not None else dict(record.metadata)
             if "dg-original-name" in meta:
                 meta["dg-original-name"] = dst_logical.rsplit("/", 1)[-1]
             meta = layout.fit_metadata(meta)
             self.store.copy(record.stored_key, dst_key, layout.encode_metadata(meta))
-            new = replace(record, logical_key=dst_logical, stored_key=dst_key, metadata=meta)
+            new = replace(
+                record,
+                logical_key=dst_logical,
+                stored_key=dst_key,
+                metadata=meta,
+                attrs=layout.posix_attrs_from(meta),
+            )
             self._remove_other_form(dst_logical, record.kind, replaced)
         if record.stored_key != new.stored_key:
             if record.kind == Kind.DELTA and not same_space:
@@ -536,19 +549,13 @@ class DeltaStore:
         self, record: ObjectRecord, attrs: PosixAttrs, xattrs: dict[str, bytes] | None = None
     ) -> ObjectRecord:
         """Replace POSIX attributes (and user xattrs) with a self-copy; no data re-upload."""
-        meta = {
-            k: v
-            for k, v in record.metadata.items()
-            if k not in (layout.META_MODE, layout.META_UID, layout.META_GID, layout.META_MTIME)
-            and not k.startswith((layout.XATTR_META_PREFIX, layout.XATTR_HEX_PREFIX))
-        }
-        meta.update(layout.posix_attrs_to_meta(attrs))
-        new_xattrs = record.xattrs if xattrs is None else xattrs
-        meta.update(layout.xattrs_to_meta(new_xattrs))
-        meta = layout.fit_metadata(meta)
+        meta = _metadata_with(record, attrs, xattrs)
         self.store.copy(record.stored_key, record.stored_key, layout.encode_metadata(meta))
         return replace(
-            record, attrs=layout.posix_attrs_from(meta), xattrs=new_xattrs, metadata=meta
+            record,
+            attrs=layout.posix_attrs_from(meta),
+            xattrs=layout.xattrs_from(meta),
+            metadata=meta,
         )
 
     # ------------------------------------------------------------ directories
@@ -593,3 +600,18 @@ class DeltaStore:
                 p: r for p, r in self._refs.items() if not (p + "/").startswith(old + "/")
             }
         return len(objects)
+
+
+def _metadata_with(
+    record: ObjectRecord, attrs: PosixAttrs, xattrs: dict[str, bytes] | None = None
+) -> dict[str, str]:
+    """The record's metadata with POSIX attributes (and user xattrs, if given) replaced."""
+    meta = {
+        k: v
+        for k, v in record.metadata.items()
+        if k not in (layout.META_MODE, layout.META_UID, layout.META_GID, layout.META_MTIME)
+        and not k.startswith((layout.XATTR_META_PREFIX, layout.XATTR_HEX_PREFIX))
+    }
+    meta.update(layout.posix_attrs_to_meta(attrs))
+    meta.update(layout.xattrs_to_meta(record.xattrs if xattrs is None else xattrs))
+    return layout.fit_metadata(meta)

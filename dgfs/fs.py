@@ -38,6 +38,7 @@ from dgfs.staging import StagingArea
 log = logging.getLogger("dgfs.fs")
 
 BLOCK = 512
+ATTR_DELAY = 1.0  # seconds an attribute change may wait to be coalesced
 STATFS_BLOCKS = 2**40 // 4096
 
 
@@ -314,6 +315,7 @@ class DgfsOperations(pyfuse3.Operations):
                 log.error("upload %s failed: %s; data kept in %s", key, exc, node.staging)
                 raise _fuse_error(code) from None
             node.record, node.dirty, node.pending, node.upload_error = record, False, None, None
+            node.attrs_dirty = False
             self.staging.mark_clean(node.staging)
             self.failed_uploads.pop(key, None)
             self._note_file(node.path, record)
@@ -338,6 +340,7 @@ class DgfsOperations(pyfuse3.Operations):
         if node.staging is not None:
             self.staging.mark_clean(node.staging)
         node.dirty = False
+        node.attrs_dirty = False
 
     async def flush_all(self) -> list[str]:
         """Upload every dirty file (at unmount); returns the keys that still failed."""
@@ -347,6 +350,11 @@ class DgfsOperations(pyfuse3.Operations):
                 await self._upload(node)
             except pyfuse3.FUSEError:
                 failed.append(self._key(node.path or "?"))
+        for node in self.inodes.attr_pending_nodes():
+            try:
+                await self._apply_attrs(node)
+            except pyfuse3.FUSEError:
+                failed.append(self._key(node.path or "?") + " (attributes)")
         return failed
 
     async def retry_failed_uploads(self) -> None:
@@ -406,9 +414,31 @@ class DgfsOperations(pyfuse3.Operations):
             if node.writers == 0:
                 await self._upload(node)
         elif changed_attrs:
-            node.record = await self._run(self.store.set_attrs, node.record, new)
-            self.records.remember(node.record)
+            # coalesced: applied by one self-copy within ATTR_DELAY, or folded into a rename
+            # (rsync's chmod/utimes/chown then rename cost one copy, not four)
+            node.pending = new
+            node.attrs_dirty = True
         return self._entry(node)
+
+    async def _apply_attrs(self, node: Node) -> None:
+        """Write coalesced attribute changes of a clean file (one self-copy)."""
+        async with node.lock:
+            if not node.attrs_dirty or node.dirty or node.record is None or node.path is None:
+                return
+            attrs = self._effective_attrs(node)
+            node.record = await self._run(self.store.set_attrs, node.record, attrs)
+            node.attrs_dirty, node.pending = False, None
+            self.records.remember(node.record)
+
+    async def apply_pending_attrs(self) -> None:
+        """Background task: write coalesced attribute changes after ATTR_DELAY."""
+        while True:
+            await trio.sleep(ATTR_DELAY)
+            for node in self.inodes.attr_pending_nodes():
+                try:
+                    await self._apply_attrs(node)
+                except pyfuse3.FUSEError:
+                    log.warning("attributes of %s not stored yet; retrying", node.path)
 
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
@@ -578,6 +608,7 @@ class DgfsOperations(pyfuse3.Operations):
 
     async def fsync(self, fh, datasync):
         await self.flush(fh)
+        await self._apply_attrs(self.handles[fh].node)
 
     async def release(self, fh):
         handle = self.handles.pop(fh)
@@ -675,7 +706,11 @@ class DgfsOperations(pyfuse3.Operations):
         async with src.lock:
             if src.record is not None and not src.dirty:
                 new_key = self._key(new_path)
-                src.record = await self._run(self.store.rename, src.record, new_key, replaced)
+                attrs = self._effective_attrs(src) if src.attrs_dirty else None
+                src.record = await self._run(
+                    self.store.rename, src.record, new_key, replaced, attrs
+                )
+                src.attrs_dirty, src.pending = False, None
             elif src.record is not None:
                 await self._run(self.store.delete, src.record)
                 src.record = replaced
@@ -744,6 +779,9 @@ class DgfsOperations(pyfuse3.Operations):
         dirty = self.inodes.dirty_nodes()
         return {
             "pending_uploads": sorted(self._key(n.path) for n in dirty if n.path is not None),
+            "pending_attributes": sorted(
+                self._key(n.path) for n in self.inodes.attr_pending_nodes() if n.path is not None
+            ),
             "failed_uploads": dict(self.failed_uploads),
             "s3_requests": dict(self.store.store.requests),
             "cache": self.cache.stats().as_dict() if self.cache is not None else {},
@@ -798,4 +836,5 @@ class DgfsOperations(pyfuse3.Operations):
             node.record = replace(node.record, xattrs=values)
             return
         node.record = await self._run(self.store.set_attrs, node.record, attrs, values)
+        node.attrs_dirty, node.pending = False, None
         self.records.remember(node.record)

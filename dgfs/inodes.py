@@ -30,6 +30,7 @@ class Node:
     staging: Path | None = None
     fd: int = -1
     dirty: bool = False
+    attrs_dirty: bool = False
     pending: PosixAttrs | None = None
     lookups: int = 0
     open_handles: int = 0
@@ -105,7 +106,8 @@ class InodeTable:
         self._drop_if_unused(node)
 
     def _drop_if_unused(self, node: Node) -> None:
-        if node.lookups or node.open_handles or node.dirty or node.ino == pyfuse3.ROOT_INODE:
+        busy = node.lookups or node.open_handles or node.dirty or node.attrs_dirty
+        if busy or node.ino == pyfuse3.ROOT_INODE:
             return
         self._by_ino.pop(node.ino, None)
         if node.path is not None and self._by_path.get(node.path) is node:
@@ -117,6 +119,9 @@ class InodeTable:
 
     def dirty_nodes(self) -> list[Node]:
         return [n for n in self._by_ino.values() if n.dirty]
+
+    def attr_pending_nodes(self) -> list[Node]:
+        return [n for n in self._by_ino.values() if n.attrs_dirty and not n.dirty]
 
 
 def file_type(record: ObjectRecord | None) -> int:

@@ -157,6 +157,7 @@ async def _serve(ops: DgfsOperations, ready_fd: int | None) -> list[str]:
         ops.dir_stats.nursery = nursery
         nursery.start_soon(_on_signals)
         nursery.start_soon(ops.retry_failed_uploads)
+        nursery.start_soon(ops.apply_pending_attrs)
         _report_ready(ready_fd, "ok")
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

@@ -67,3 +67,23 @@ def test_large_directory_paginates(mounter, bucket, objectstore):
     names = os.listdir(m.path / "big")
     assert sorted(names) == [f"f{i:05d}" for i in range(count)]
     assert {(m.path / "big" / n).stat().st_size for n in names[:50]} == {1}
+
+
+def test_rsync_new_files_cost_few_write_requests(mounter, bucket, tmp_path):
+    src = tmp_path / "src"
+    for i in range(20):
+        write(src / f"f{i:02d}.txt", f"file {i}\n".encode() * 20)
+    m = mounter(bucket)
+    before = _status(m.path)["s3_requests"]
+    subprocess.run(["rsync", "-a", f"{src}/", f"{m.path}/dst/"], check=True)
+    time.sleep(1.5)  # coalesced attribute writes (if any are left) land within a second
+    after = _status(m.path)["s3_requests"]
+    writes = sum(after.get(op, 0) - before.get(op, 0) for op in ("put", "copy", "delete"))
+    assert writes <= 3 * 20 + 2, after  # PUT temp file, COPY to final name (+attrs), DELETE temp
+    second = subprocess.run(
+        ["rsync", "-a", "--stats", f"{src}/", f"{m.path}/dst/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Number of regular files transferred: 0" in second.stdout
