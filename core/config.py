@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
+REFERENCE_POLICIES = ("deltaglider", "adaptive", "adaptive-compatible")
+
 # deltaglider's extension list: the compat policy (`DG_DELTA_EXTENSIONS_ONLY=1`).
 DELTAGLIDER_EXTENSIONS = (
     ".tar.gz",
@@ -66,6 +68,7 @@ class DeltaSettings:
     max_delta_size: int = 4 * 2**30
     extensions_only: bool = False
     no_delta_patterns: tuple[str, ...] = field(default_factory=tuple)
+    reference_policy: str = "deltaglider"  # deltaglider | adaptive | adaptive-compatible
 
 
 def _flag(value: str) -> bool:
@@ -107,7 +110,8 @@ def s3_settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> S
 
 
 def delta_settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> DeltaSettings:
-    """Delta policy from `DG_MAX_RATIO`, `DG_MIN_DELTA_SIZE`, `DG_DELTA_EXTENSIONS_ONLY`."""
+    """Delta policy from `DG_MAX_RATIO`, `DG_MIN_DELTA_SIZE`, `DG_DELTA_EXTENSIONS_ONLY`,
+    `DG_REFERENCE_POLICY`."""
     env = os.environ if env is None else env
     values: dict = {}
     if env.get("DG_MAX_RATIO"):
@@ -121,8 +125,17 @@ def delta_settings_from_env(env: Mapping[str, str] | None = None, **overrides) -
         values["extensions_only"] = _flag(env["DG_DELTA_EXTENSIONS_ONLY"])
     if env.get("DG_NO_DELTA"):
         values["no_delta_patterns"] = tuple(p for p in env["DG_NO_DELTA"].split(",") if p)
+    if env.get("DG_REFERENCE_POLICY"):
+        values["reference_policy"] = env["DG_REFERENCE_POLICY"]
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if "reference_policy" in values:
+        values["reference_policy"] = values["reference_policy"].strip().lower()
     settings = DeltaSettings(**values)
+    if settings.reference_policy not in REFERENCE_POLICIES:
+        raise ConfigError(
+            f"reference policy {settings.reference_policy!r} is not one of "
+            + ", ".join(REFERENCE_POLICIES)
+        )
     if not 0.0 < settings.max_ratio <= 1.0:
         raise ConfigError(f"max ratio must be in (0, 1], got {settings.max_ratio}")
     return settings

@@ -26,6 +26,7 @@ from core.hashing import sha256_file
 from core.layout import Kind, ObjectRecord, PosixAttrs
 from core.objectstore import ObjectInfo, ObjectStore
 from core.policy import looks_related, may_delta, sniff, suffix_of
+from core.refpolicy import ReferencePolicy, make_policy
 
 log = logging.getLogger("dgfs.store")
 
@@ -72,9 +73,11 @@ class DeltaStore:
         cache=None,
         workdir: Path | None = None,
         tool: str = TOOL_NAME,
+        policy: ReferencePolicy | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
+        self.policy = policy or make_policy(getattr(settings, "reference_policy", None))
         self.cache = cache
         self.tool = tool
         self._own_workdir = workdir is None
@@ -305,6 +308,8 @@ class DeltaStore:
         sha: str,
         extra: dict[str, str],
     ) -> ObjectRecord | None:
+        if self.policy.custom_put:
+            return self.policy.put_delta(self, src, logical_key, prefix, name, size, sha, extra)
         ref = self.reference(prefix)
         with self._scratch() as tmp:
             delta_path = tmp / "delta"
@@ -483,6 +488,7 @@ class DeltaStore:
         )
 
     def _release_reference(self, prefix: str) -> None:
+        self.policy.release(self, prefix)  # keyframes first (no-op under deltaglider)
         if self._has_deltas(prefix):
             return
         ref = self.reference(prefix)

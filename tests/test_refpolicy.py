@@ -1,0 +1,211 @@
+"""Reference policies: adaptive keyframes round-trip, survive deletes, mix with deltaglider."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from core import layout
+from core.config import ConfigError, DeltaSettings, delta_settings_from_env
+from core.deltastore import DeltaStore
+from core.layout import Kind
+from core.refpolicy import (
+    MAX_DECODES,
+    AdaptivePolicy,
+    DeltagliderPolicy,
+    collect_keyframes,
+    is_keyframe_key,
+    keyframe_base,
+    make_policy,
+    reconstruct_depth,
+)
+from tests.datagen import random_bytes, write
+
+SIZE = 64 * 1024
+
+
+def drifting_series(count: int, seed: int) -> list[bytes]:
+    """Versions that drift: each rewrites ~6% of the previous, so late ones share little with
+    the first (a fixed reference degrades, the previous version stays close)."""
+    rng = random.Random(seed + 10_000)
+    current = bytearray(random_bytes(SIZE, seed))
+    out = [bytes(current)]
+    for _ in range(count - 1):
+        for _ in range(4):
+            at = rng.randrange(0, SIZE - 1024)
+            current[at : at + 1000] = rng.randbytes(1000)
+        out.append(bytes(current))
+    return out
+
+
+def adaptive_store(objectstore, tmp_path: Path, name: str = "adaptive", **kw) -> DeltaStore:
+    return DeltaStore(
+        objectstore,
+        DeltaSettings(reference_policy=name),
+        workdir=tmp_path / f"work-{name}",
+        policy=AdaptivePolicy(name, **kw) if kw else None,
+    )
+
+
+def keyframes(store: DeltaStore, prefix: str) -> list[str]:
+    base = keyframe_base(prefix)
+    return [o.key for p in store.store.list_pages(base, None) for o in p.objects]
+
+
+def check_all(store: DeltaStore, expected: dict[str, bytes], tmp_path: Path) -> None:
+    listed = {r.logical_key for r in store.list("rel")}
+    assert listed == set(expected)
+    for key, data in expected.items():
+        rec = store.stat(key)
+        out = tmp_path / "out"
+        store.get(key, out, rec)
+        assert out.read_bytes() == data, key
+        assert reconstruct_depth(store, rec) <= MAX_DECODES
+        if rec.kind == Kind.DELTA:
+            assert reconstruct_depth(store, rec) == 1  # adaptive and deltaglider: depth 1
+
+
+def test_settings_and_factory():
+    assert DeltaSettings().reference_policy == "deltaglider"
+    env = {"DG_REFERENCE_POLICY": "Adaptive"}
+    assert delta_settings_from_env(env).reference_policy == "adaptive"
+    assert delta_settings_from_env({}, reference_policy="adaptive-compatible").reference_policy
+    with pytest.raises(ConfigError):
+        delta_settings_from_env({"DG_REFERENCE_POLICY": "chains"})
+    assert isinstance(make_policy(None), DeltagliderPolicy)
+    assert make_policy("adaptive-compatible").custom_put
+    with pytest.raises(ValueError):
+        make_policy("nope")
+    assert is_keyframe_key("a/.dgfs/refs/x/reference.bin")
+    assert not is_keyframe_key("a/reference.bin")
+
+
+def test_default_store_uses_deltaglider_policy(deltastore):
+    assert isinstance(deltastore.policy, DeltagliderPolicy)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_adaptive_shuffled_round_trip(objectstore, tmp_path, seed):
+    store = adaptive_store(objectstore, tmp_path)
+    versions = drifting_series(12, seed)
+    order = list(range(len(versions)))
+    random.Random(seed).shuffle(order)
+    expected = {}
+    for i in order:
+        key = f"rel/app-{i:02d}.zip"
+        rec = store.put(write(tmp_path / "src" / f"{i}", versions[i]), key)
+        assert rec.kind == Kind.DELTA
+        expected[key] = versions[i]
+    check_all(store, expected, tmp_path)
+    # every delta points at reference.bin or a hidden keyframe, never at a user file
+    for rec in store.list("rel"):
+        assert rec.ref_key == "rel/reference.bin" or is_keyframe_key(rec.ref_key)
+    # hidden: keyframes never show up as files or directories
+    assert set(store.list_dir("rel").files) == {k.split("/")[-1] for k in expected}
+    assert not store.list_dir("rel").dirs
+    store.close()
+
+
+def test_adaptive_stores_less_than_deltaglider_on_drift(bucket, s3_settings, tmp_path):
+    from core.objectstore import ObjectStore
+
+    versions = drifting_series(16, 7)
+    sizes = {}
+    for name in ("deltaglider", "adaptive"):
+        os_ = ObjectStore(bucket, s3_settings)
+        store = DeltaStore(os_, DeltaSettings(reference_policy=name), workdir=tmp_path / name)
+        for i, data in enumerate(versions):
+            store.put(write(tmp_path / name / f"{i}", data), f"{name}/v{i:02d}.bin")
+        sizes[name] = sum(o.size for p in os_.list_pages(f"{name}/", None) for o in p.objects)
+        store.close()
+    assert keyframes(store, "adaptive")
+    assert sizes["adaptive"] < sizes["deltaglider"]
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_adaptive_random_deletes_keep_everything_readable(objectstore, tmp_path, seed):
+    store = adaptive_store(objectstore, tmp_path, threshold=0.1)
+    versions = drifting_series(12, seed)
+    expected = {}
+    for i, data in enumerate(versions):
+        key = f"rel/v{i:02d}.tar"
+        store.put(write(tmp_path / "src" / f"{i}", data), key)
+        expected[key] = data
+    assert len(keyframes(store, "rel")) >= 2
+    order = list(expected)
+    random.Random(seed).shuffle(order)
+    for key in order:
+        store.delete(store.stat(key))
+        del expected[key]
+        check_all(store, expected, tmp_path)
+        used = {store.stat(k).ref_key for k in expected}
+        assert set(keyframes(store, "rel")) <= used  # no keyframe outlives its last delta
+    assert keyframes(store, "rel") == []
+    assert [o.key for p in objectstore.list_pages("rel/", None) for o in p.objects] == []
+    store.close()
+
+
+def test_overwrite_releases_keyframe(objectstore, tmp_path):
+    store = adaptive_store(objectstore, tmp_path, threshold=0.01)
+    a, b = drifting_series(2, 9)
+    store.put(write(tmp_path / "a", a), "rel/base.bin")
+    store.put(write(tmp_path / "b", b), "rel/x.bin")  # drifted: becomes a keyframe
+    assert len(keyframes(store, "rel")) == 1
+    store.put(write(tmp_path / "a2", a), "rel/x.bin")  # same bytes as reference.bin
+    assert keyframes(store, "rel") == []
+    check_all(store, {"rel/base.bin": a, "rel/x.bin": a}, tmp_path)
+    store.close()
+
+
+def test_mixed_policies_in_one_deltaspace(objectstore, tmp_path):
+    plain = DeltaStore(objectstore, DeltaSettings(), workdir=tmp_path / "w1")
+    adaptive = adaptive_store(objectstore, tmp_path, threshold=0.1)
+    versions = drifting_series(14, 11)
+    expected = {}
+    for i, data in enumerate(versions):
+        store = adaptive if i % 3 else plain
+        key = f"rel/m{i:02d}.zip"
+        store.put(write(tmp_path / "src" / f"{i}", data), key)
+        expected[key] = data
+    assert keyframes(adaptive, "rel")
+    for store in (plain, adaptive):
+        check_all(store, expected, tmp_path)
+    order = list(expected)
+    random.Random(3).shuffle(order)
+    for n, key in enumerate(order):
+        (plain if n % 2 else adaptive).delete(plain.stat(key))
+        del expected[key]
+        check_all(plain, expected, tmp_path)
+    collect_keyframes(adaptive, "rel")  # a deltaglider-policy store does not sweep keyframes
+    assert [o.key for p in objectstore.list_pages("rel/", None) for o in p.objects] == []
+    plain.close()
+    adaptive.close()
+
+
+def test_keyframes_are_readable_as_deltaglider_layout(objectstore, tmp_path):
+    """Every adaptive delta is depth 1 against `dirname(dg-ref-key)/reference.bin`, with the
+    sha256 fields deltaglider checks."""
+    store = adaptive_store(objectstore, tmp_path, "adaptive-compatible", threshold=0.1)
+    for i, data in enumerate(drifting_series(8, 13)):
+        store.put(write(tmp_path / "src" / f"{i}", data), f"rel/c{i}.zip")
+    assert keyframes(store, "rel")
+    for rec in store.list("rel"):
+        ref_key = rec.metadata["dg-ref-key"]
+        base = layout.reference_for_ref_key(ref_key)
+        assert base == ref_key
+        ref = store.head_record(base)
+        assert ref.kind == Kind.DIRECT and ref.sha256 == rec.metadata["dg-ref-sha256"]
+        assert ref.metadata.get("dg-note") == "reference"
+    store.close()
+
+
+def test_rename_prefix_moves_keyframes(objectstore, tmp_path):
+    store = adaptive_store(objectstore, tmp_path, threshold=0.1)
+    versions = drifting_series(6, 17)
+    for i, data in enumerate(versions):
+        store.put(write(tmp_path / "src" / f"{i}", data), f"old/r{i}.zip")
+    store.rename_prefix("old", "rel", 1000)
+    check_all(store, {f"rel/r{i}.zip": d for i, d in enumerate(versions)}, tmp_path)
+    store.close()
