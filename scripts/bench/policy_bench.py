@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Reference policies on real release series: stored/original, encode/decode time, depth.
+
+    .venv/bin/python scripts/bench/policy_bench.py [--quick] [--json] [--threshold 0.3]
+
+Wheels are fetched with `pip download` into data/bench-cache/<pkg>/<version>/ (git-ignored,
+shared with scripts/bench/run.py). Each policy writes the series in release order into its
+own bucket of a private local S3 server (dgfs.localserver in a temp dir, stopped on exit);
+stored bytes are every object under the prefix (references and keyframes included).
+Comparisons: an xdelta3 chain against the previous version (first raw; dgfs-only, depth
+unbounded) and `zstd -19 --long=31` over the concatenated series (a practical limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from core import codec  # noqa: E402
+from core.config import DeltaSettings, s3_settings_from_env  # noqa: E402
+from core.deltastore import DeltaStore  # noqa: E402
+from core.objectstore import ObjectStore  # noqa: E402
+from core.refpolicy import AdaptivePolicy, reconstruct_depth  # noqa: E402
+from dgfs import localserver  # noqa: E402
+
+CACHE = ROOT / "data" / "bench-cache"
+PY = str(ROOT / ".venv" / "bin" / "python")
+WHEEL = ["--only-binary", ":all:", "--platform", "manylinux2014_x86_64", "--python-version", "3.11"]
+SERIES = [
+    (
+        "requests",
+        [
+            "2.25.0",
+            "2.25.1",
+            "2.26.0",
+            "2.27.0",
+            "2.27.1",
+            "2.28.0",
+            "2.28.1",
+            "2.28.2",
+            "2.29.0",
+            "2.30.0",
+            "2.31.0",
+            "2.32.0",
+            "2.32.1",
+            "2.32.2",
+            "2.32.3",
+        ],
+    ),
+    (
+        "pip",
+        [
+            "23.0",
+            "23.0.1",
+            "23.1",
+            "23.1.1",
+            "23.1.2",
+            "23.2",
+            "23.2.1",
+            "23.3",
+            "23.3.1",
+            "23.3.2",
+            "24.0",
+            "24.1",
+            "24.1.1",
+            "24.1.2",
+            "24.2",
+        ],
+    ),
+    ("botocore", [f"1.35.{i}" for i in range(20)]),
+]
+QUICK = 5
+
+
+def log(msg: str) -> None:
+    print(f"[policy-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def fetch(pkg: str, versions: list[str]) -> list[Path]:
+    out = []
+    for v in versions:
+        d = CACHE / pkg / v
+        files = sorted(d.glob("*")) if d.is_dir() else []
+        if not files:
+            log(f"pip download {pkg}=={v}")
+            d.mkdir(parents=True, exist_ok=True)
+            cmd = [PY, "-m", "pip", "download", "-q", "--no-deps", *WHEEL, f"{pkg}=={v}", "-d"]
+            subprocess.run([*cmd, str(d)], check=True, capture_output=True)
+            files = sorted(d.glob("*"))
+        out.append(files[0])
+    return out
+
+
+def zstd_limit(name: str, paths: list[Path]) -> int:
+    key = CACHE / f"zstd-policy-{name}-{len(paths)}-{paths[-1].name}.json"
+    if key.exists():
+        return json.loads(key.read_text())["bytes"]
+    cat = subprocess.Popen(["cat", *map(str, paths)], stdout=subprocess.PIPE)
+    z = subprocess.run(
+        ["zstd", "-19", "--long=31", "-T0", "-c"], stdin=cat.stdout, capture_output=True
+    )
+    cat.wait()
+    size = len(z.stdout)
+    key.write_text(json.dumps({"bytes": size}))
+    return size
+
+
+def chain_vs_previous(paths: list[Path], tmp: Path) -> tuple[int, float]:
+    total, secs = paths[0].stat().st_size, 0.0
+    for a, b in zip(paths, paths[1:], strict=False):
+        t = time.perf_counter()
+        total += codec.encode(a, b, tmp / "chain.delta")
+        secs += time.perf_counter() - t
+    return total, secs / max(1, len(paths) - 1)
+
+
+def run_policy(s3, policy: str, threshold: float, paths: list[Path], tmp: Path) -> dict:
+    bucket = f"pb-{uuid.uuid4().hex[:12]}"
+    objects = ObjectStore(bucket, s3)
+    objects.create_bucket()
+    pol = AdaptivePolicy(policy, threshold=threshold) if policy != "deltaglider" else None
+    store = DeltaStore(
+        objects, DeltaSettings(reference_policy=policy), workdir=tmp / policy, policy=pol
+    )
+    enc = dec = 0.0
+    try:
+        for p in paths:
+            t = time.perf_counter()
+            store.put(p, f"rel/{p.name}")
+            enc += time.perf_counter() - t
+        depth = 0
+        for p in paths:
+            t = time.perf_counter()
+            rec = store.get(f"rel/{p.name}", tmp / "out")
+            dec += time.perf_counter() - t
+            assert (tmp / "out").read_bytes() == p.read_bytes(), p.name
+            depth = max(depth, reconstruct_depth(store, rec))
+        listed = [o for page in objects.list_pages("rel/", None) for o in page.objects]
+        return {
+            "stored": sum(o.size for o in listed),
+            "keyframes": sum("/.dgfs/refs/" in o.key for o in listed),
+            "encode_s": enc / len(paths),
+            "decode_s": dec / len(paths),
+            "max_depth": depth,
+        }
+    finally:
+        store.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"first {QUICK} versions per series")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--threshold", type=float, default=AdaptivePolicy().threshold)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dgfs-policy-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        server = localserver.start(tmp / "s3", persist=False)
+        os.environ.update(server.env())
+        try:
+            s3 = s3_settings_from_env()
+            for name, versions in SERIES:
+                paths = fetch(name, versions[:QUICK] if args.quick else versions)
+                original = sum(p.stat().st_size for p in paths)
+                log(f"{name}: {len(paths)} versions, {original / 1e6:.1f} MB")
+                row = {"series": name, "versions": len(paths), "original": original}
+                for policy in ("deltaglider", "adaptive"):
+                    row[policy] = run_policy(s3, policy, args.threshold, paths, tmp)
+                row["chain"], row["chain_encode_s"] = chain_vs_previous(paths, tmp)
+                row["zstd"] = zstd_limit(name, paths)
+                rows.append(row)
+        finally:
+            localserver.stop(tmp / "s3")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        f"{'series':<9} {'n':>2} {'orig MB':>8} | {'dg':>6} {'adapt':>6} {'kf':>3} "
+        f"{'chain':>6} {'zstd':>6} {'ad/zs':>6} | {'enc dg':>7} {'enc ad':>7} "
+        f"{'dec dg':>7} {'dec ad':>7} | depth"
+    )
+    for r in rows:
+        o, dg, ad = r["original"], r["deltaglider"], r["adaptive"]
+        print(
+            f"{r['series']:<9} {r['versions']:>2} {o / 1e6:>8.2f} | {dg['stored'] / o:>6.3f} "
+            f"{ad['stored'] / o:>6.3f} {ad['keyframes']:>3} {r['chain'] / o:>6.3f} "
+            f"{r['zstd'] / o:>6.3f} {ad['stored'] / r['zstd']:>6.2f} | "
+            f"{dg['encode_s']:>7.3f} {ad['encode_s']:>7.3f} {dg['decode_s']:>7.3f} "
+            f"{ad['decode_s']:>7.3f} | {dg['max_depth']}/{ad['max_depth']}"
+        )
+    print(
+        "stored/original: dg = deltaglider policy, adapt = adaptive (kf keyframes), chain = "
+        "xdelta3 vs previous, zstd = -19 --long=31 over the series; ad/zs = adaptive / zstd; "
+        "enc/dec = seconds per file (put/get through DeltaStore); depth = max decodes dg/adaptive"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
