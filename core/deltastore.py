@@ -435,6 +435,11 @@ class DeltaStore:
             return
         if not record.ref_sha256 or not record.ref_key:
             raise IntegrityError(f"{record.stored_key}: delta without reference sha256")
+        if record.ref_sha256 == record.sha256:
+            # zero-diff: the file is the reference itself (and fetching it through the cache
+            # here would wait on the very cache entry this call is producing)
+            self._fetch_verified(record.ref_key, record.ref_sha256, out)
+            return
         with self._scratch() as tmp:
             ref_path, delta_path = tmp / "reference", tmp / "delta"
             self._reference_file(record.ref_key, record.ref_sha256, ref_path)

@@ -40,3 +40,15 @@ def test_rsync_twice_transfers_nothing(mnt, tmp_path):
     )
     assert "Number of regular files transferred: 0" in second.stdout
     subprocess.run(["diff", "-r", str(src), str(mnt.path / "tree")], check=True)
+
+
+def test_fresh_mount_reads_the_file_that_is_the_reference(mounter, bucket, tmp_path):
+    """The first file of a directory is reference.bin + a zero-diff delta of itself."""
+    versions = version_series(3, 300_000, seed=4)
+    m = mounter(bucket)
+    for i, data in enumerate(versions):
+        (m.path / f"v{i}.zip").write_bytes(data)
+    assert m.umount().returncode == 0
+    fresh = mounter(bucket, "fresh")
+    for i, data in enumerate(versions):
+        assert (fresh.path / f"v{i}.zip").read_bytes() == data
