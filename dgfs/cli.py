@@ -165,6 +165,11 @@ def _mount_options(f):
         click.option("--max-ratio", type=float, help="Store direct above this delta ratio."),
         click.option("--max-delta-size", type=int, help="Skip delta encoding above this (MB)."),
         click.option("--no-delta", multiple=True, help="Glob of keys never delta-encoded."),
+        click.option(
+            "--exclude",
+            multiple=True,
+            help="Glob of paths (relative to the mount) hidden and not creatable.",
+        ),
         click.option("--extensions-only", is_flag=True, help="deltaglider's extension list only."),
         click.option("--metadata-ttl", type=float, help="Seconds to trust cached metadata."),
         click.option("--rename-dir-limit", type=int, help="Max objects moved by a dir rename."),

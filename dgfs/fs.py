@@ -7,6 +7,7 @@ CapacityLimiter; the trio loop itself only touches in-memory state and small loc
 from __future__ import annotations
 
 import errno
+import fnmatch
 import functools
 import hashlib
 import itertools
@@ -102,6 +103,7 @@ class DgfsOperations(pyfuse3.Operations):
         self.limiter = trio.CapacityLimiter(opts.max_threads)
         self.failed_uploads: dict[str, str] = {}
         self.started_ns = time.time_ns()
+        self._warned: set[str] = set()
         self.dir_stats = DirStats(store, self.records, self._key, opts.metadata_ttl, self.limiter)
 
     # ------------------------------------------------------------ helpers
@@ -128,7 +130,14 @@ class DgfsOperations(pyfuse3.Operations):
         if listing.stale and not self.opts.read_only:
             await self._run(self.store.cleanup_stale, listing.stale)
         for key in listing.skipped:
-            log.warning("%s: key cannot be shown as a file name; skipped", key)
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("%s: key cannot be shown as a file name; skipped", key)
+        if self.opts.exclude:
+            listing.files = {
+                n: o for n, o in listing.files.items() if not self._excluded(_join(path, n))
+            }
+            listing.dirs = {n for n in listing.dirs if not self._excluded(_join(path, n))}
         state = DirState(listing, now)
         self.dirs[path] = state
         return state
@@ -502,7 +511,12 @@ class DgfsOperations(pyfuse3.Operations):
         self.dirs[path] = DirState(DirListing(), time.monotonic())
         return self._lookup_reply(node)
 
+    def _excluded(self, path: str) -> bool:
+        return any(fnmatch.fnmatch(path, pattern) for pattern in self.opts.exclude)
+
     def _check_name(self, path: str) -> None:
+        if self._excluded(path):
+            raise _fuse_error(errno.EPERM)
         try:
             layout.check_logical_name(self._key(path))
         except InvalidName as exc:

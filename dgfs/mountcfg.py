@@ -23,6 +23,7 @@ INT_OPTIONS = {
     "rename_dir_limit",
     "ready_fd",
 }
+PATTERN_OPTIONS = {"no_delta", "exclude"}
 FLOAT_OPTIONS = {"max_ratio", "metadata_ttl", "connect_timeout", "read_timeout"}
 
 
@@ -31,17 +32,21 @@ class ConfigProblem(Exception):
 
 
 def _merge(ctx: click.Context, kw: dict, o_values: dict) -> dict:
-    """Explicit command-line flags win over `-o` values, which win over defaults."""
+    """Explicit command-line flags win over `-o` values, which win over defaults.
+
+    Patterns (`no_delta`, `exclude`; several in one `-o` value separated by ':') add up.
+    """
     merged = dict(kw)
     for name, value in o_values.items():
         if name not in kw:
             raise ConfigProblem(f"unknown mount option -o {name}")
+        if name in PATTERN_OPTIONS:
+            merged[name] = tuple(merged[name] or ()) + tuple(str(value).split(":"))
+            continue
         source = ctx.get_parameter_source(name)
         if source is not None and source.name == "COMMANDLINE":
             continue
-        if name == "no_delta":
-            merged[name] = tuple(str(value).split(":"))
-        elif name in INT_OPTIONS:
+        if name in INT_OPTIONS:
             merged[name] = _convert(name, value, int)
         elif name in FLOAT_OPTIONS:
             merged[name] = _convert(name, value, float)
@@ -113,6 +118,7 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
         prefix=prefix,
         read_only=bool(opts.get("read_only")),
         cache_base=base,
+        exclude=tuple(opts.get("exclude") or ()),
     )
     for name in ("uid", "gid", "metadata_ttl", "rename_dir_limit"):
         if opts.get(name) is not None:

@@ -21,6 +21,7 @@ class FsOptions:
     cache_base: Path = Path("/tmp/dgfs")
     max_threads: int = 16
     retry_interval: float = 10.0
+    exclude: tuple[str, ...] = ()
 
 
 def parse_source(source: str) -> tuple[str, str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+
+import pytest
 
 from tests.datagen import version_series, write
 
@@ -52,3 +55,13 @@ def test_fresh_mount_reads_the_file_that_is_the_reference(mounter, bucket, tmp_p
     fresh = mounter(bucket, "fresh")
     for i, data in enumerate(versions):
         assert (fresh.path / f"v{i}.zip").read_bytes() == data
+
+
+def test_exclude_hides_and_refuses(mounter, bucket, objectstore):
+    objectstore.put_bytes("keep.txt", b"k", {})
+    objectstore.put_bytes("scratch.tmp", b"s", {})
+    objectstore.put_bytes("cache/x", b"x", {})
+    m = mounter(bucket, "mnt", "--exclude", "*.tmp", "-o", "exclude=cache")
+    assert sorted(os.listdir(m.path)) == ["keep.txt"]
+    with pytest.raises(PermissionError):
+        (m.path / "new.tmp").write_bytes(b"no")
