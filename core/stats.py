@@ -23,6 +23,7 @@ from core.errors import NotFound, PreconditionFailed
 from core.layout import Kind, ObjectRecord
 from core.metadata import RecordCache
 from core.objectstore import ObjectInfo
+from core.refpolicy import KEYFRAME_DIR, is_keyframe_key, keyframe_base
 
 DIR_XATTR_PREFIX = "user.dg.dir."
 BUCKET_XATTR_PREFIX = "user.dg.bucket."
@@ -149,14 +150,24 @@ def _base(prefix: str) -> str:
 
 
 def _counted(key: str) -> bool:
-    """Listed keys that stats look at: no directory markers, no tool-private prefixes."""
-    return not key.endswith("/") and not any(
-        p in layout.HIDDEN_SEGMENTS for p in key.split("/")[:-1]
-    )
+    """Listed keys that stats look at: no directory markers, no tool-private prefixes except
+    the adaptive policy's keyframe references (counted in the deltaspace they serve)."""
+    if key.endswith("/"):
+        return False
+    if is_keyframe_key(key):
+        return True
+    return not any(p in layout.HIDDEN_SEGMENTS for p in key.split("/")[:-1])
 
 
 def _is_reference(key: str) -> bool:
     return key.rsplit("/", 1)[-1] == layout.REFERENCE_NAME
+
+
+def _space_of(key: str) -> str:
+    """The deltaspace a key belongs to (a keyframe belongs to the one it serves)."""
+    if is_keyframe_key(key):
+        return key.split(KEYFRAME_DIR + "/", 1)[0].rstrip("/")
+    return layout.deltaspace_of(key)
 
 
 @contextmanager
@@ -194,11 +205,12 @@ class _Tally:
 
     def add(self, record: ObjectRecord) -> None:
         key = record.stored_key
-        s = self.space(layout.deltaspace_of(key))
+        s = self.space(_space_of(key))
         if _is_reference(key):
             self.refs[key] = record
-            s.reference_key, s.reference_size = key, record.stored_size
-            s.reference_sha256 = record.sha256
+            if not is_keyframe_key(key):
+                s.reference_key, s.reference_size = key, record.stored_size
+                s.reference_sha256 = record.sha256
             return
         s.stored_bytes += record.stored_size
         s.original_bytes += max(record.original_size, 0)
@@ -212,16 +224,18 @@ class _Tally:
 
     def finish(self) -> dict[str, DeltaspaceStats]:
         """Attribute each delta to its reference: mark it used, or record it missing."""
+        used: set[str] = set()
         for delta in self.deltas:
             ref_key = delta.ref_key or layout.reference_key(layout.deltaspace_of(delta.stored_key))
             if ref_key in self.refs:
-                self.space(layout.deltaspace_of(ref_key)).reference_used = True
+                used.add(ref_key)
             elif not self._head_exists(ref_key):
                 space = self.space(layout.deltaspace_of(delta.stored_key))
                 space.missing_references[delta.stored_key] = ref_key
-        for s in self.spaces.values():
-            if s.reference_used:
-                s.stored_bytes += s.reference_size
+        for ref_key in used:
+            space = self.space(_space_of(ref_key))
+            space.reference_used = True
+            space.stored_bytes += self.refs[ref_key].stored_size
         return self.spaces
 
     def _head_exists(self, key: str) -> bool:
@@ -283,7 +297,12 @@ def deltaspace_stats(
     tally.space(base.rstrip("/"))
     objects = [o for page in store.store.list_pages(base) for o in page.objects if _counted(o.key)]
     with _record_cache(store, records) as cache:
-        for record in _resolve(cache, objects):
+        records_here = _resolve(cache, objects)
+        if any(r.ref_key and is_keyframe_key(r.ref_key) for r in records_here):
+            pages = store.store.list_pages(keyframe_base(base.rstrip("/")), delimiter=None)
+            keyframes = [o for page in pages for o in page.objects if is_keyframe_key(o.key)]
+            records_here += _resolve(cache, keyframes)
+        for record in records_here:
             tally.add(record)
     return tally.finish()[base.rstrip("/")]
 

@@ -166,6 +166,11 @@ def _mount_options(f):
         click.option("--max-delta-size", type=int, help="Skip delta encoding above this (MB)."),
         click.option("--no-delta", multiple=True, help="Glob of keys never delta-encoded."),
         click.option(
+            "--reference-policy",
+            type=click.Choice(["deltaglider", "adaptive", "adaptive-compatible"]),
+            help="Which reference new files are encoded against (DG_REFERENCE_POLICY).",
+        ),
+        click.option(
             "--exclude",
             multiple=True,
             help="Glob of paths (relative to the mount) hidden and not creatable.",

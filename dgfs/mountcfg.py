@@ -100,6 +100,7 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
             max_delta_size=max_delta * 2**20 if max_delta else None,
             extensions_only=opts.get("extensions_only") or None,
             no_delta_patterns=tuple(opts.get("no_delta") or ()) or None,
+            reference_policy=opts.get("reference_policy"),
         )
         if opts.get("cache_key_file"):
             os.environ["DG_CACHE_KEY_FILE"] = str(opts["cache_key_file"])

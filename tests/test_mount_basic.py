@@ -65,3 +65,14 @@ def test_exclude_hides_and_refuses(mounter, bucket, objectstore):
     assert sorted(os.listdir(m.path)) == ["keep.txt"]
     with pytest.raises(PermissionError):
         (m.path / "new.tmp").write_bytes(b"no")
+
+
+def test_adaptive_policy_through_the_mount(mounter, bucket, tmp_path):
+    versions = version_series(6, 200_000, seed=11)
+    m = mounter(bucket, "mnt", "--reference-policy", "adaptive")
+    for i, data in enumerate(versions):
+        (m.path / f"a{i}.zip").write_bytes(data)
+    assert m.umount().returncode == 0
+    fresh = mounter(bucket, "fresh", "-o", "reference_policy=adaptive")
+    assert [(fresh.path / f"a{i}.zip").read_bytes() for i in range(6)] == versions
+    assert sorted(os.listdir(fresh.path)) == [f"a{i}.zip" for i in range(6)]  # .dgfs hidden

@@ -209,3 +209,21 @@ def test_rename_prefix_moves_keyframes(objectstore, tmp_path):
     store.rename_prefix("old", "rel", 1000)
     check_all(store, {f"rel/r{i}.zip": d for i, d in enumerate(versions)}, tmp_path)
     store.close()
+
+
+def test_stats_count_keyframes_in_the_deltaspace_they_serve(objectstore, tmp_path):
+    from core.stats import bucket_stats, deltaspace_stats
+
+    store = adaptive_store(objectstore, tmp_path, threshold=0.1)
+    for i, data in enumerate(drifting_series(6, seed=3)):
+        store.put(write(tmp_path / f"v{i}", data), f"rel/v{i}.bin")
+    frames = keyframes(store, "rel")
+    assert frames
+    all_objects = [o for p in objectstore.list_pages("rel/", None) for o in p.objects]
+    stored = sum(o.size for o in all_objects if not o.key.endswith("/"))
+    one_level = deltaspace_stats(store, "rel")
+    assert one_level.stored_bytes == stored
+    assert one_level.file_count == 6
+    total = bucket_stats(store)
+    assert total.total.stored_bytes == stored
+    assert set(total.deltaspaces) == {"rel"}  # keyframes are not deltaspaces of their own
