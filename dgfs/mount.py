@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyfuse3
@@ -90,7 +90,9 @@ def preflight(cfg: MountConfig) -> None:
     except DgError as exc:
         raise MountError(str(exc)) from None
     try:
-        ObjectStore(cfg.bucket, cfg.s3).check_bucket()
+        # fail fast: a dead endpoint must not cost the full retry budget of normal requests
+        probe = replace(cfg.s3, max_attempts=2, connect_timeout=min(cfg.s3.connect_timeout, 3.0))
+        ObjectStore(cfg.bucket, probe).check_bucket()
     except DgError as exc:
         raise MountError(str(exc)) from None
 
