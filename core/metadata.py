@@ -48,7 +48,7 @@ class _Persisted:
                 "SELECT modified, meta FROM records WHERE key=? AND etag=? AND size=?",
                 (obj.key, obj.etag, obj.size),
             ).fetchone()
-        if row is None:
+        if row is None or not _same_second(row[0], obj):
             return None
         return layout.record_from_head(obj.key, obj.size, obj.etag, row[0], json.loads(row[1]))
 
@@ -98,6 +98,10 @@ class RecordCache:
                     "metadata cache %s unusable (%s); keeping it in memory only", db_path, exc
                 )
 
+    def map(self, fn, items):
+        """Run `fn` over `items` on the bounded HEAD pool (results in order)."""
+        return self._pool.map(fn, items)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._db is not None:
@@ -120,7 +124,7 @@ class RecordCache:
         with self._lock:
             record = self._records.get(obj.key)
         if record is not None and record.stored_size == obj.size:
-            if record.etag == obj.etag:
+            if record.etag == obj.etag and _same_second(record.last_modified_ns, obj):
                 return record
             if not record.etag:  # written by us: adopt the listed ETag
                 record = replace(record, etag=obj.etag, last_modified_ns=obj.last_modified_ns)
@@ -167,3 +171,12 @@ class RecordCache:
             with self._lock:
                 self._inflight.pop(obj.key, None)
         return record
+
+
+def _same_second(modified_ns: int, obj: ObjectInfo) -> bool:
+    """LastModified agrees (to the second: HEAD's HTTP date has no sub-second part).
+
+    A metadata-only change (chmod by another client: a self-copy) keeps ETag and size but
+    moves LastModified, so comparing it makes such changes visible.
+    """
+    return modified_ns // 10**9 == obj.last_modified_ns // 10**9

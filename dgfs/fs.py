@@ -25,7 +25,7 @@ import trio
 from core import layout
 from core.cache import NotCacheable
 from core.deltastore import DeltaStore, DirListing, TooManyObjects
-from core.errors import InvalidName, NotFound
+from core.errors import DgError, InvalidName, NotFound
 from core.layout import Kind, ObjectRecord, PosixAttrs
 from core.metadata import RecordCache
 from core.objectstore import ObjectInfo
@@ -56,6 +56,24 @@ def _name(raw: bytes) -> str:
         return raw.decode()
     except UnicodeDecodeError:
         raise _fuse_error(errno.EINVAL) from None
+
+
+def moved_record(record: ObjectRecord, old: str, new: str) -> ObjectRecord:
+    """A record after its directory moved from key prefix `old` to `new` (rename_prefix)."""
+
+    def move(key: str | None) -> str | None:
+        return new + key[len(old) :] if key and (key + "/").startswith(old + "/") else key
+
+    meta = dict(record.metadata)
+    if "dg-ref-key" in meta:
+        meta["dg-ref-key"] = move(meta["dg-ref-key"])
+    return replace(
+        record,
+        stored_key=move(record.stored_key),
+        logical_key=move(record.logical_key),
+        ref_key=move(record.ref_key),
+        metadata=meta,
+    )
 
 
 def metadata_db_path(cache_base: Path, store: DeltaStore) -> Path:
@@ -251,8 +269,9 @@ class DgfsOperations(pyfuse3.Operations):
         state = await self._dir(self._path_of(parent))
         if name in state.listing.dirs:
             node = self.inodes.node_for(path, True)
-            if node.dir_attrs == PosixAttrs():
+            if not node.dir_attrs_loaded:
                 node.dir_attrs = await self._dir_marker_attrs(path)
+                node.dir_attrs_loaded = True
             return node
         record = await self._record(state, name)
         if record is None:
@@ -263,11 +282,30 @@ class DgfsOperations(pyfuse3.Operations):
         return node
 
     async def _dir_marker_attrs(self, path: str) -> PosixAttrs:
+        return await self._run(self._marker_attrs, self._key(path))
+
+    def _marker_attrs(self, key: str) -> PosixAttrs:
         try:
-            info = await self._run(self.store.store.head, self._key(path) + "/")
+            info = self.store.store.head(key + "/")
         except NotFound:
             return PosixAttrs()
         return layout.posix_attrs_from(layout.decode_metadata(info.metadata or {}))
+
+    async def _load_dir_attrs(self, path: str, names: set[str]) -> None:
+        """Attributes of subdirectories from their markers (parallel HEADs), so readdirplus
+        replies carry the stored mode and times rather than defaults."""
+        todo = [n for n in names if not self._dir_attrs_known(_join(path, n))]
+        if not todo:
+            return
+        keys = [self._key(_join(path, n)) for n in todo]
+        found = await self._run(lambda: list(self.records.map(self._marker_attrs, keys)))
+        for name, attrs in zip(todo, found, strict=True):
+            node = self.inodes.node_for(_join(path, name), True)
+            node.dir_attrs, node.dir_attrs_loaded = attrs, True
+
+    def _dir_attrs_known(self, path: str) -> bool:
+        node = self.inodes.by_path(path)
+        return node is not None and node.is_dir and node.dir_attrs_loaded
 
     # ------------------------------------------------------------ staging and uploads
 
@@ -435,7 +473,11 @@ class DgfsOperations(pyfuse3.Operations):
             if not node.attrs_dirty or node.dirty or node.record is None or node.path is None:
                 return
             attrs = self._effective_attrs(node)
-            node.record = await self._run(self.store.set_attrs, node.record, attrs)
+            try:
+                node.record = await self._run(self.store.set_attrs, node.record, attrs)
+            except DgError as exc:
+                log.warning("attributes of %s not stored: %s", node.record.stored_key, exc)
+                raise _fuse_error(errno_for(exc)) from None
             node.attrs_dirty, node.pending = False, None
             self.records.remember(node.record)
 
@@ -473,6 +515,7 @@ class DgfsOperations(pyfuse3.Operations):
                 entries[name] = (name, False, record)
         for name in state.listing.dirs:
             entries[name] = (name, True, None)
+        await self._load_dir_attrs(path, state.listing.dirs)
         for child in self.inodes.dirty_nodes():
             parent, _, name = (child.path or "").rpartition("/")
             if child.path and parent == path:
@@ -503,13 +546,21 @@ class DgfsOperations(pyfuse3.Operations):
         if await self._child(parent, name_s) is not None:
             raise _fuse_error(errno.EEXIST)
         self._check_name(path)
-        attrs = PosixAttrs(stat.S_IFDIR | stat.S_IMODE(mode), ctx.uid, ctx.gid, time.time_ns())
+        mode, gid = self._inherit_setgid(parent, stat.S_IMODE(mode), ctx.gid, is_dir=True)
+        attrs = PosixAttrs(stat.S_IFDIR | mode, ctx.uid, gid, time.time_ns())
         await self._run(self.store.make_dir, self._key(path), attrs)
         node = self.inodes.node_for(path, True)
-        node.dir_attrs = attrs
+        node.dir_attrs, node.dir_attrs_loaded = attrs, True
         self._note_dir(path, True)
         self.dirs[path] = DirState(DirListing(), time.monotonic())
         return self._lookup_reply(node)
+
+    def _inherit_setgid(self, parent: Node, mode: int, gid: int, is_dir: bool) -> tuple[int, int]:
+        """In a set-group-ID directory new entries take its group (and dirs keep the bit)."""
+        parent_attrs = self._entry(parent)
+        if not parent_attrs.st_mode & stat.S_ISGID:
+            return mode, gid
+        return (mode | stat.S_ISGID if is_dir else mode), parent_attrs.st_gid
 
     def _excluded(self, path: str) -> bool:
         return any(fnmatch.fnmatch(path, pattern) for pattern in self.opts.exclude)
@@ -554,9 +605,8 @@ class DgfsOperations(pyfuse3.Operations):
         if node.record is None and not node.dirty:
             existing = await self._child(parent, _name(name))
             node = existing if existing is not None else node
-        node.pending = PosixAttrs(
-            stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid, time.time_ns()
-        )
+        file_mode, gid = self._inherit_setgid(parent, stat.S_IMODE(mode), ctx.gid, is_dir=False)
+        node.pending = PosixAttrs(stat.S_IFREG | file_mode, ctx.uid, gid, time.time_ns())
         await self._ensure_staging(node, keep_content=False)
         self._make_dirty(node)
         fh = self._open_handle(node, writable=True)
@@ -750,10 +800,13 @@ class DgfsOperations(pyfuse3.Operations):
             state = await self._dir(new_path, refresh=True)
             if state.listing.files or state.listing.dirs:
                 raise _fuse_error(errno.ENOTEMPTY)
-        if any((n.path or "").startswith(old_path + "/") for n in self.inodes.dirty_nodes()):
-            for node in self.inodes.dirty_nodes():
-                if (node.path or "").startswith(old_path + "/"):
-                    await self._upload(node)
+        below = old_path + "/"
+        for node in self.inodes.dirty_nodes():
+            if (node.path or "").startswith(below):
+                await self._upload(node)
+        for node in self.inodes.attr_pending_nodes():
+            if (node.path or "").startswith(below):
+                await self._apply_attrs(node)
         try:
             await self._run(
                 self.store.rename_prefix,
@@ -767,6 +820,11 @@ class DgfsOperations(pyfuse3.Operations):
         if dst is not None:
             self.inodes.detach(dst)
         self.inodes.move(src, new_path)
+        old_key, new_key = self._key(old_path), self._key(new_path)
+        for node in self.inodes.nodes_below(new_path):
+            if node.record is not None:
+                node.record = moved_record(node.record, old_key, new_key)
+                self.records.remember(node.record)
         for path in [p for p in self.dirs if p == old_path or p.startswith(old_path + "/")]:
             del self.dirs[path]
         self.dirs.pop(new_path, None)

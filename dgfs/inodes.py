@@ -27,6 +27,7 @@ class Node:
     is_dir: bool
     record: ObjectRecord | None = None
     dir_attrs: PosixAttrs = field(default_factory=PosixAttrs)
+    dir_attrs_loaded: bool = False
     staging: Path | None = None
     fd: int = -1
     dirty: bool = False
@@ -116,6 +117,11 @@ class InodeTable:
     def release(self, node: Node) -> None:
         """Called when the last handle closes: drop the node if the kernel forgot it."""
         self._drop_if_unused(node)
+
+    def nodes_below(self, path: str) -> list[Node]:
+        """Known nodes strictly below directory `path`."""
+        prefix = path + "/" if path else ""
+        return [n for p, n in self._by_path.items() if p.startswith(prefix) and p != path]
 
     def dirty_nodes(self) -> list[Node]:
         return [n for n in self._by_ino.values() if n.dirty]

@@ -247,6 +247,8 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 600.0) -> lis
             raise MountError(f"{mountpoint} is busy (files open); close them or use --lazy")
         raise MountError(detail[-1] if detail else f"fusermount3 exit {proc.returncode}")
     pid = state.get("pid")
+    if lazy:  # detached: the daemon finishes (and uploads) once the last open file closes
+        return []
     deadline = time.monotonic() + timeout
     while pid and _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -130,12 +130,6 @@ def _remount(mounter, bucket, mnt):
     return mounter(bucket)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readdir (readdirplus) replies for a subdirectory the daemon has not looked up yet "
-    "with default attributes (0o777 & ~umask, start time) instead of its marker's dgfs-mode; the "
-    "kernel caches that entry, so stat after listdir shows the wrong mode, e.g. after a remount",
-)
 def test_dir_mode_after_remount_and_listdir(mounter, bucket):
     mnt = mounter(bucket)
     os.mkdir(mnt.path / "d", 0o700)
@@ -145,12 +139,6 @@ def test_dir_mode_after_remount_and_listdir(mounter, bucket):
     assert oct(os.lstat(mnt.path / "d").st_mode & 0o7777) == oct(0o700)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chmod/utime by another client are never seen: they are a metadata self-copy, which "
-    "keeps the ETag and size, and RecordCache trusts a cached record while LIST reports the same "
-    "ETag and size (LastModified is not compared)",
-)
 def test_other_clients_chmod_and_utime_become_visible(mounter, bucket, tmp_path):
     a = mounter(bucket, "a")
     b = mounter(bucket, "b", "--cache-dir", str(tmp_path / "cache-b"))

@@ -210,11 +210,6 @@ def test_umount_busy_then_lazy(mounter, bucket, objectstore):
     assert objectstore.get_bytes("w.txt") == b"before umount; after"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dgfs umount --lazy waits (up to 600 s) for the daemon to exit, which it only does "
-    "once every open file is closed: it blocks as long as the busy file stays open",
-)
 def test_umount_lazy_returns_while_a_file_stays_open(mounter, bucket):
     m = mounter(bucket)
     (m.path / "r.txt").write_bytes(b"read")
