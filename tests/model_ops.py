@@ -64,9 +64,16 @@ class Outcome:
     value: object = None
 
     def __str__(self) -> str:
-        if isinstance(self.value, bytes):
-            return f"{self.status}(<{len(self.value)} bytes sha={_h(self.value)}>)"
-        return f"{self.status}({self.value!r})"
+        return f"{self.status}({_short(self.value)})"
+
+
+def _short(value) -> str:
+    """repr with byte strings shown as <length, hash>."""
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes sha={_h(value)}>"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_short(v) for v in value) + ")"
+    return repr(value)
 
 
 def _h(data: bytes) -> str:
