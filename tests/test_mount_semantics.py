@@ -89,47 +89,72 @@ def test_shell_append_persists_after_remount(mounter, bucket):
     assert (m2.path / "log.txt").read_bytes() == b"line 1\nline 2\nline 3\nline 4\n"
 
 
-def test_dd_notrunc_patch_in_the_middle(mounter, bucket, tmp_path):
-    m = mounter(bucket)
-    local = write(tmp_path / "local.bin", random_bytes(1_000_000, 7))
+def test_dd_notrunc_patch_in_the_middle(mounter, bucket, deltastore, tmp_path):
+    v0, v1 = version_series(2, 1_000_000, seed=7)
+    deltastore.put(write(tmp_path / "v0", v0), "base.zip")
+    record = deltastore.put(write(tmp_path / "v1", v1), "big.zip")  # a delta, only in S3
+    assert record.stored_key == "big.zip.delta"
+    local = write(tmp_path / "local.bin", v1)
     patch = write(tmp_path / "patch.bin", random_bytes(3 * 4096, 8))
-    run("cp", local, m.path / "big.bin")
-    m2 = remount(m, mounter, bucket)  # patch a file that is only in S3, not staged
-    target = m2.path / "big.bin"
+    m = mounter(bucket)
+    target = m.path / "big.zip"
     for where in (local, target):
         run("dd", f"if={patch}", f"of={where}", "bs=4096", "seek=100", "count=3", "conv=notrunc")
         run("dd", f"if={patch}", f"of={where}", "bs=1", "seek=999990", "count=5", "conv=notrunc")
     assert target.stat().st_size == 1_000_000
     run("cmp", local, target)
-    m3 = remount(m2, mounter, bucket, "mnt3")
-    run("cmp", local, m3.path / "big.bin")
+    m2 = remount(m, mounter, bucket)
+    run("cmp", local, m2.path / "big.zip")
+    assert (m2.path / "base.zip").read_bytes() == v0
 
 
-def test_truncate_up_down_and_by_path(mounter, bucket):
-    m = mounter(bucket)
+def test_truncate_up_down_and_by_path(mounter, bucket, deltastore, tmp_path):
     base = b"abcdefghij" * 1000  # 10_000 bytes
+    deltastore.put(write(tmp_path / "s3only", base), "s3only")
+    m = mounter(bucket)
     for name in ("up", "down", "zero", "bypath"):
         (m.path / name).write_bytes(base)
     run("truncate", "-s", "25000", m.path / "up")
     run("truncate", "-s", "1234", m.path / "down")
     run("truncate", "-s", "0", m.path / "zero")
     os.truncate(m.path / "bypath", 4000)
+    os.truncate(m.path / "s3only", 12_000)  # grow by path a file that is only in S3
     expected = {
         "up": base + b"\0" * 15_000,
         "down": base[:1234],
         "zero": b"",
         "bypath": base[:4000],
+        "s3only": base + b"\0" * 2000,
     }
     for name, data in expected.items():
         assert (m.path / name).stat().st_size == len(data), name
         assert (m.path / name).read_bytes() == data, name
     m2 = remount(m, mounter, bucket)
-    os.truncate(m2.path / "bypath", 6000)  # grow by path a file that is only in S3
-    expected["bypath"] = base[:4000] + b"\0" * 2000
-    m3 = remount(m2, mounter, bucket, "mnt3")
     for name, data in expected.items():
-        assert (m3.path / name).stat().st_size == len(data), name
-        assert (m3.path / name).read_bytes() == data, name
+        assert (m2.path / name).stat().st_size == len(data), name
+        assert (m2.path / name).read_bytes() == data, name
+
+
+def test_unlinked_open_file_append_and_refused_names(mnt):
+    (mnt.path / "doomed.txt").write_bytes(b"still readable " * 100)
+    with open(mnt.path / "doomed.txt", "rb") as fh:
+        os.remove(mnt.path / "doomed.txt")
+        assert not (mnt.path / "doomed.txt").exists()
+        assert fh.read() == b"still readable " * 100
+    assert os.listdir(mnt.path) == []
+    fd = os.open(mnt.path / "app.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(fd, b"one,")
+    os.pwrite(fd, b"two", 0)  # O_APPEND: Linux appends even a pwrite
+    os.close(fd)
+    assert (mnt.path / "app.txt").read_bytes() == b"one,two"
+    for bad in ("reference.bin", "x.delta", ".dgfs"):
+        with pytest.raises(OSError) as exc:
+            (mnt.path / bad).write_bytes(b"x")
+        assert exc.value.errno == errno.EINVAL, bad
+    with pytest.raises(OSError) as exc:
+        os.mkfifo(mnt.path / "fifo")
+    assert exc.value.errno == errno.EPERM
+    assert sorted(os.listdir(mnt.path)) == ["app.txt"]
 
 
 # ---------------------------------------------------------------- rename
@@ -139,17 +164,26 @@ def test_rename_file_within_and_across_dirs(mounter, bucket):
     m = mounter(bucket)
     (m.path / "x").mkdir()
     (m.path / "y").mkdir()
+    v0, v1, v2 = version_series(3, 200_000, seed=9)
+    for i, data in enumerate((v0, v1, v2)):
+        (m.path / "x" / f"v{i}.zip").write_bytes(data)
+    os.rename(m.path / "x" / "v1.zip", m.path / "y" / "v1.zip")  # a delta changes deltaspace
+    os.rename(m.path / "x" / "v0.zip", m.path / "x" / "v0-renamed.zip")
     (m.path / "x" / "a.txt").write_bytes(b"A" * 5000)
     os.rename(m.path / "x" / "a.txt", m.path / "x" / "b.txt")
     assert not (m.path / "x" / "a.txt").exists()
     assert (m.path / "x" / "b.txt").read_bytes() == b"A" * 5000
     run("mv", m.path / "x" / "b.txt", m.path / "y" / "c.txt")
-    assert os.listdir(m.path / "x") == []
-    assert os.listdir(m.path / "y") == ["c.txt"]
+    assert sorted(os.listdir(m.path / "x")) == ["v0-renamed.zip", "v2.zip"]
+    assert sorted(os.listdir(m.path / "y")) == ["c.txt", "v1.zip"]
+    assert (m.path / "y" / "v1.zip").read_bytes() == v1
     m2 = remount(m, mounter, bucket)
-    assert os.listdir(m2.path / "x") == []
-    assert os.listdir(m2.path / "y") == ["c.txt"]
+    assert sorted(os.listdir(m2.path / "x")) == ["v0-renamed.zip", "v2.zip"]
+    assert sorted(os.listdir(m2.path / "y")) == ["c.txt", "v1.zip"]
     assert (m2.path / "y" / "c.txt").read_bytes() == b"A" * 5000
+    assert (m2.path / "y" / "v1.zip").read_bytes() == v1
+    assert (m2.path / "x" / "v0-renamed.zip").read_bytes() == v0
+    assert (m2.path / "x" / "v2.zip").read_bytes() == v2
 
 
 def test_mv_over_existing_file_replaces_it(mounter, bucket):
@@ -167,10 +201,13 @@ def test_mv_over_existing_file_replaces_it(mounter, bucket):
 
 def test_rename_directory_with_files(mounter, bucket):
     m = mounter(bucket)
+    v0, v1 = version_series(2, 200_000, seed=4)
     files = {
         "one.txt": b"1" * 100,
         "sub/two.txt": b"2" * 200,
         "sub/deeper/three.bin": random_bytes(50_000, 3),
+        "sub/v0.zip": v0,
+        "sub/v1.zip": v1,  # a delta against the deltaspace's reference.bin
     }
     for rel, data in files.items():
         write(m.path / "olddir" / rel, data)
@@ -179,8 +216,18 @@ def test_rename_directory_with_files(mounter, bucket):
     assert os.listdir(m.path) == ["newdir"]
     for rel, data in files.items():
         assert (m.path / "newdir" / rel).read_bytes() == data, rel
+    os.mkdir(m.path / "emptydir")
+    os.rename(m.path / "newdir", m.path / "emptydir")  # over an empty dir: replaces it
+    os.mkdir(m.path / "newdir")
+    os.rename(m.path / "emptydir", m.path / "newdir")
+    os.mkdir(m.path / "other")
+    (m.path / "other" / "keep.txt").write_bytes(b"keep")
+    with pytest.raises(OSError) as exc:
+        os.rename(m.path / "newdir", m.path / "other")
+    assert exc.value.errno == errno.ENOTEMPTY
     m2 = remount(m, mounter, bucket)
-    assert os.listdir(m2.path) == ["newdir"]
+    assert sorted(os.listdir(m2.path)) == ["newdir", "other"]
+    assert os.listdir(m2.path / "other") == ["keep.txt"]
     for rel, data in files.items():
         assert (m2.path / "newdir" / rel).read_bytes() == data, rel
 
@@ -201,6 +248,35 @@ def test_open_fd_survives_rename(mounter, bucket):
     m2 = remount(m, mounter, bucket)
     assert sorted(os.listdir(m2.path)) == ["r2.txt", "w2.txt"]
     assert (m2.path / "w2.txt").read_bytes() == b"first second"
+
+
+def test_writer_follows_rename_of_its_directory(mounter, bucket):
+    m = mounter(bucket)
+    os.mkdir(m.path / "d1")
+    with open(m.path / "d1" / "f.txt", "wb") as fh:
+        fh.write(b"before ")
+        fh.flush()
+        os.rename(m.path / "d1", m.path / "d2")
+        fh.write(b"after")
+    assert os.listdir(m.path) == ["d2"]
+    assert (m.path / "d2" / "f.txt").read_bytes() == b"before after"
+    m2 = remount(m, mounter, bucket)
+    assert os.listdir(m2.path) == ["d2"]
+    assert (m2.path / "d2" / "f.txt").read_bytes() == b"before after"
+
+
+def test_unlink_while_being_written_is_not_resurrected(mounter, bucket):
+    m = mounter(bucket)
+    with open(m.path / "tmp.txt", "wb") as fh:
+        fh.write(b"scratch ")
+        fh.flush()
+        os.remove(m.path / "tmp.txt")
+        fh.write(b"more")
+        fh.flush()
+        assert not (m.path / "tmp.txt").exists()
+    assert os.listdir(m.path) == []
+    m2 = remount(m, mounter, bucket)
+    assert os.listdir(m2.path) == []
 
 
 # ---------------------------------------------------------------- directories
@@ -241,7 +317,7 @@ def test_mkdir_rmdir_and_empty_dir_persists(mounter, bucket):
 # ---------------------------------------------------------------- attributes
 
 
-def test_chmod_and_touch_date_persist(mounter, bucket):
+def test_chmod_and_touch_date_persist(mounter, bucket, tmp_path):
     m = mounter(bucket)
     f = m.path / "f.txt"
     f.write_bytes(b"attrs\n")
@@ -253,8 +329,20 @@ def test_chmod_and_touch_date_persist(mounter, bucket):
     ns_exact = 1_234_567_891_234_567_891
     (m.path / "g.txt").write_bytes(b"ns\n")
     os.utime(m.path / "g.txt", ns=(ns_exact, ns_exact))
+    # cp -p sets mode and times through the still-open, just-written destination fd
+    local = write(tmp_path / "p.txt", b"preserved\n")
+    os.chmod(local, 0o604)
+    os.utime(local, ns=(ns_exact, ns_exact))
+    run("cp", "-p", local, m.path / "p.txt")
+    # attributes changed on a file being written travel with its upload
+    with open(m.path / "h.txt", "wb") as fh:
+        fh.write(b"one ")
+        fh.flush()
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(b"two")
     st = os.stat(f)
     assert (st.st_mode & 0o7777, int(st.st_mtime)) == (0o751, expected)
+    assert os.stat(m.path / "p.txt").st_mtime_ns == ns_exact
     m2 = remount(m, mounter, bucket)
     st = os.stat(m2.path / "f.txt")
     assert oct(st.st_mode & 0o7777) == oct(0o751)
@@ -263,6 +351,11 @@ def test_chmod_and_touch_date_persist(mounter, bucket):
     assert os.stat(m2.path / "g.txt").st_mtime_ns == ns_exact
     assert oct(os.stat(m2.path / "d").st_mode & 0o7777) == oct(0o705)
     assert (m2.path / "f.txt").read_bytes() == b"attrs\n"
+    st = os.stat(m2.path / "p.txt")
+    assert (oct(st.st_mode & 0o7777), st.st_mtime_ns) == (oct(0o604), ns_exact)
+    assert (m2.path / "p.txt").read_bytes() == b"preserved\n"
+    assert oct(os.stat(m2.path / "h.txt").st_mode & 0o7777) == oct(0o600)
+    assert (m2.path / "h.txt").read_bytes() == b"one two"
 
 
 # ---------------------------------------------------------------- links
@@ -305,19 +398,23 @@ def test_second_mount_sees_writes_after_ttl(mounter, bucket, tmp_path):
     a = mounter(bucket, "a")
     b = mounter(bucket, "b", "--cache-dir", str(tmp_path / "cache-b"))
     assert os.listdir(b.path) == []
-    data1 = random_bytes(300_000, 11)
-    (a.path / "shared.bin").write_bytes(data1)
+    v0, v1, v2 = version_series(3, 300_000, seed=11)
+    (a.path / "base.zip").write_bytes(v0)
+    (a.path / "shared.zip").write_bytes(v1)  # stored as a delta against base.zip
     time.sleep(1.5)
-    assert os.listdir(b.path) == ["shared.bin"]
-    assert (b.path / "shared.bin").read_bytes() == data1
-    data2 = random_bytes(200_000, 12)
-    (a.path / "shared.bin").write_bytes(data2)
+    assert sorted(os.listdir(b.path)) == ["base.zip", "shared.zip"]
+    assert (b.path / "shared.zip").read_bytes() == v1
+    (a.path / "shared.zip").write_bytes(v2)  # same size, new content
     time.sleep(1.5)
-    assert (b.path / "shared.bin").stat().st_size == len(data2)
-    assert (b.path / "shared.bin").read_bytes() == data2
-    os.remove(a.path / "shared.bin")
+    assert (b.path / "shared.zip").stat().st_size == len(v2)
+    assert (b.path / "shared.zip").read_bytes() == v2
+    data = random_bytes(1000, 12)
+    (a.path / "shared.zip").write_bytes(data)  # now a smaller, direct file
     time.sleep(1.5)
-    assert os.listdir(b.path) == []
+    assert (b.path / "shared.zip").read_bytes() == data
+    os.remove(a.path / "shared.zip")
+    time.sleep(1.5)
+    assert os.listdir(b.path) == ["base.zip"]
 
 
 def test_two_mounts_sharing_one_cache_dir(mounter, bucket):
@@ -365,11 +462,9 @@ def test_stat_shows_original_size_and_blocks_show_stored_bytes(mounter, bucket, 
 # ---------------------------------------------------------------- open modes
 
 
-def test_rdwr_write_at_offset_and_read_back(mounter, bucket):
-    m = mounter(bucket)
-    f = m.path / "rw.bin"
-    f.write_bytes(b"0123456789" * 10)
-    m2 = remount(m, mounter, bucket)
+def test_rdwr_write_at_offset_and_read_back(mounter, bucket, deltastore, tmp_path):
+    deltastore.put(write(tmp_path / "rw", b"0123456789" * 10), "rw.bin")
+    m2 = mounter(bucket)
     f = m2.path / "rw.bin"
     fd = os.open(f, os.O_RDWR)
     try:
@@ -390,12 +485,16 @@ def test_rdwr_write_at_offset_and_read_back(mounter, bucket):
     finally:
         os.close(fd)
     assert f.read_bytes() == b"short"
+    with open(m2.path / "sparse.bin", "wb") as fh:
+        fh.seek(300_000)
+        fh.write(b"end")
     run("touch", m2.path / "empty")
     m3 = remount(m2, mounter, bucket, "mnt3")
     assert (m3.path / "rw.bin").read_bytes() == b"short"
     assert (m3.path / "empty").exists()
     assert (m3.path / "empty").stat().st_size == 0
     assert (m3.path / "empty").read_bytes() == b""
+    assert (m3.path / "sparse.bin").read_bytes() == b"\0" * 300_000 + b"end"
 
 
 def test_open_for_write_without_changes_uploads_nothing(mounter, bucket, objectstore):
