@@ -229,3 +229,50 @@ def test_umount_of_a_dir_that_is_not_mounted(s3_server, tmp_path: Path):
     (tmp_path / "plain").mkdir()
     line = one_line_error(dgfs("umount", tmp_path / "plain"))
     assert "plain" in line
+
+
+# ---------------------------------------------------------------- refused operations
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, bytes(old), at_fdcwd, bytes(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def test_rename_flags_and_read_only_mount(mounter, bucket):
+    m = mounter(bucket)
+    (m.path / "a.txt").write_bytes(b"a")
+    (m.path / "b.txt").write_bytes(b"b")
+    with pytest.raises(OSError) as exc:
+        renameat2(m.path / "a.txt", m.path / "b.txt", 1)  # RENAME_NOREPLACE
+    assert exc.value.errno == errno.EEXIST
+    with pytest.raises(OSError) as exc:
+        renameat2(m.path / "a.txt", m.path / "b.txt", 2)  # RENAME_EXCHANGE
+    assert exc.value.errno == errno.EINVAL
+    renameat2(m.path / "a.txt", m.path / "c.txt", 1)  # no target: fine
+    assert sorted(os.listdir(m.path)) == ["b.txt", "c.txt"]
+    assert (m.path / "b.txt").read_bytes() == b"b"
+    assert (m.path / "c.txt").read_bytes() == b"a"
+    assert m.umount().returncode == 0
+
+    ro = mounter(bucket, "ro", "--read-only")
+    assert (ro.path / "b.txt").read_bytes() == b"b"
+    attempts = [
+        lambda: (ro.path / "new.txt").write_bytes(b"x"),
+        lambda: os.open(ro.path / "b.txt", os.O_RDWR),
+        lambda: os.mkdir(ro.path / "d"),
+        lambda: os.remove(ro.path / "b.txt"),
+        lambda: os.rename(ro.path / "b.txt", ro.path / "x.txt"),
+        lambda: os.chmod(ro.path / "b.txt", 0o600),
+        lambda: os.symlink("b.txt", ro.path / "l"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError) as exc:
+            attempt()
+        assert exc.value.errno == errno.EROFS
+    assert sorted(os.listdir(ro.path)) == ["b.txt", "c.txt"]

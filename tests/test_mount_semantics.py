@@ -428,6 +428,13 @@ def test_two_mounts_sharing_one_cache_dir(mounter, bucket):
     (a.path / "s.bin").write_bytes(data2)
     time.sleep(1.5)
     assert (b.path / "s.bin").read_bytes() == data2
+    os.chmod(a.path / "s.bin", 0o640)
+    os.utime(a.path / "s.bin", (1_000_000_000, 1_000_000_000))
+    os.mkdir(a.path / "newdir")
+    time.sleep(2.5)  # past the attribute coalescing delay and the TTL
+    st = os.stat(b.path / "s.bin")
+    assert (oct(st.st_mode & 0o777), int(st.st_mtime)) == (oct(0o640), 1_000_000_000)
+    assert sorted(os.listdir(b.path)) == ["newdir", "s.bin"]
 
 
 # ---------------------------------------------------------------- sizes
