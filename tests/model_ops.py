@@ -348,7 +348,7 @@ class Generator:
         """A path in an existing directory (mostly), maybe existing, maybe not."""
         r = self.rng.random()
         if r < 0.88:
-            parents = [d for d in self.dirs if _depth(d) <= max_parent_depth]
+            parents = [d for d in self.dirs if _depth(d) <= max_parent_depth] or [""]
             parent = self.rng.choice(parents)
         elif r < 0.95 and self.entries:
             parent = self.rng.choice(self.entries)  # a file or symlink parent: ENOTDIR/follow

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import stat
 import time
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from tests.model_ops import Generator, Op, apply_op, compare_trees, snapshot
 pytestmark = pytest.mark.fuse
 
 CHECK_EVERY = 50
-FLUSH_XATTR = "user.dg.mount.flush"  # on the mount root: upload and apply everything pending
 LOG_TAIL = 30
 
 
@@ -40,39 +38,13 @@ def _n_ops() -> int:
 
 
 def excluded(op: Op, model: Path) -> bool:
-    """Op patterns with a known dgfs bug (each has an xfail reproduction below)."""
-    if op.kind == "mkdir":
-        # test_mkdir_in_setgid_dir_inherits_setgid: dgfs does not propagate S_ISGID
-        try:
-            parent_mode = os.stat((model / op.path).parent).st_mode
-        except OSError:
-            parent_mode = None
-        if parent_mode is not None and parent_mode & stat.S_ISGID:
-            return True
-    return False
+    """Op patterns with a known, not yet fixed dgfs bug (each with an xfail reproduction below).
 
-
-def prime_dir_attrs(model: Path, mount: Path) -> None:
-    """Look every directory up before anything lists its parent (after a remount).
-
-    Avoids the bug of test_dir_mode_after_remount_and_listdir: a readdir that meets a directory
-    the daemon has not looked up yet reports it with default attributes (and the kernel caches
-    them). A lookup reads the marker's attributes, and readdir then reuses that node.
+    None at the moment: the bugs this test found are fixed and their reproductions below are
+    plain regression tests (readdir dir attributes, other clients' chmod/utime, pending
+    attributes across a dir rename, setgid dirs).
     """
-    for dirpath, dirnames, _ in os.walk(model):
-        for name in dirnames:
-            rel = os.path.relpath(os.path.join(dirpath, name), model)
-            try:
-                os.lstat(mount / rel)
-            except OSError:
-                pass  # a mismatch the tree comparison reports
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
+    return False
 
 
 class Failure(AssertionError):
@@ -89,20 +61,28 @@ def test_random_ops_match_model(mounter, bucket, tmp_path):
     log: list[str] = []
     counts: dict[str, int] = {}
     outcomes: dict[str, int] = {}
+    stored: dict[str, int] = {}  # storage kinds of the files met at tree checks
     started = time.monotonic()
 
     def fail(what: str) -> None:
         tail = "\n".join(log[-LOG_TAIL:])
-        mount_log = "\n".join(mnt.log_text().splitlines()[-25:])
+        noise = ("DEBUG pyfuse3", "DEBUG botocore", "DEBUG urllib3", "DEBUG s3transfer")
+        lines = [ln for ln in mnt.log_text().splitlines() if not any(n in ln for n in noise)]
+        mount_log = "\n".join(lines[-25:])
         raise Failure(
             f"{what}\nDG_MODEL_SEED={seed} DG_MODEL_OPS={n_ops}\n"
-            f"last ops:\n{tail}\n--- mount log tail ---\n{mount_log}"
+            f"last ops:\n{tail}\n--- mount log ({mnt.log}), last lines ---\n{mount_log}"
         )
 
     def check_trees(when: str) -> None:
-        diffs = compare_trees(snapshot(model), snapshot(mnt.path))
+        mounted = snapshot(mnt.path)
+        diffs = compare_trees(snapshot(model), mounted)
         if diffs:
             fail(f"trees differ {when}:\n  " + "\n  ".join(diffs[:40]))
+        for path, entry in mounted.items():
+            if entry.kind == "file":
+                kind = os.getxattr(mnt.path / path, "user.dg.kind").decode()
+                stored[kind] = stored.get(kind, 0) + 1
 
     for i in range(n_ops):
         op = gen.next()
@@ -113,13 +93,8 @@ def test_random_ops_match_model(mounter, bucket, tmp_path):
             if done.returncode != 0:
                 fail(f"#{i} umount failed: {done.stdout} {done.stderr}")
             mnt = mounter(bucket)
-            prime_dir_attrs(model, mnt.path)
             check_trees(f"after remount at op #{i}")
             continue
-        if op.kind == "rename" and _is_dir(model / op.path):
-            # test_pending_chmod_survives_dir_rename: attribute changes still being coalesced
-            # are lost by a directory rename; have them written first
-            os.setxattr(mnt.path, FLUSH_XATTR, b"1")
         want = apply_op(op, model)
         got = apply_op(op, mnt.path)
         outcomes[want.status] = outcomes.get(want.status, 0) + 1
@@ -129,21 +104,14 @@ def test_random_ops_match_model(mounter, bucket, tmp_path):
         if (i + 1) % CHECK_EVERY == 0:
             check_trees(f"after op #{i}")
     check_trees("at the end")
-    kinds: dict[str, int] = {}
-    for dirpath, _, files in os.walk(mnt.path):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            if not os.path.islink(p):
-                kind = os.getxattr(p, "user.dg.kind").decode()
-                kinds[kind] = kinds.get(kind, 0) + 1
     print(
         f"seed {seed}: {n_ops} ops in {time.monotonic() - started:.1f}s; ops {counts}; "
         f"outcomes {outcomes}; "
-        f"final files by storage kind {kinds}"
+        f"files by storage kind at checks {stored}"
     )
 
 
-# ---------------------------------------------------------------- reproductions of mismatches
+# ------------------------------------------------ reproductions of mismatches the model test found
 
 
 def _remount(mounter, bucket, mnt):
