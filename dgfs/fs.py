@@ -681,11 +681,12 @@ class DgfsOperations(pyfuse3.Operations):
             handle.entry.close()
         node.open_handles -= 1
         node.writers -= handle.writable
-        if node.dirty and node.writers == 0 and node.path is not None:
+        if node.dirty and node.writers == 0 and node.path is not None and node.upload_error is None:
             try:
                 await self._upload(node)
             except pyfuse3.FUSEError:
-                pass  # reported at flush/close; kept dirty and retried in the background
+                pass  # kept dirty and retried in the background
+        # after a failed flush, close() has already reported it: the background task retries
         await self._drop_staging(node)
         self.inodes.release(node)
 
