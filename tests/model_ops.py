@@ -117,6 +117,8 @@ def _do(op: Op, root: Path):
         fd = os.open(p, os.O_RDWR if rdwr else os.O_WRONLY)
         try:
             n = os.pwrite(fd, a["data"], a["offset"])
+            if a.get("fsync"):
+                os.fsync(fd)
             if not rdwr:
                 return n
             back = os.pread(fd, len(a["data"]) + 16, a["offset"])
@@ -135,6 +137,22 @@ def _do(op: Op, root: Path):
         finally:
             os.close(fd1)
         return n, back
+    if k == "held":  # a descriptor kept open across a rename or unlink of its path
+        fd = os.open(p, os.O_RDWR)
+        try:
+            first = os.pwrite(fd, a["data"], a["offset"])
+            if a["dst"] is None:
+                os.unlink(p)
+            else:
+                os.rename(p, root / a["dst"])
+            second = os.pwrite(fd, a["data2"], a["offset2"])
+            if a.get("fsync"):
+                os.fsync(fd)
+            size = os.fstat(fd).st_size
+            back = os.pread(fd, size + 10, 0)
+        finally:
+            os.close(fd)
+        return first, second, size, back
     if k == "append":
         fd = os.open(p, os.O_WRONLY | os.O_APPEND)
         try:
@@ -297,6 +315,7 @@ class Generator:
         "create": 14,
         "write": 9,
         "write2": 2,
+        "held": 3,
         "append": 6,
         "truncate": 6,
         "otrunc": 1,
@@ -445,7 +464,30 @@ class Generator:
             args = {"offset": offset, "data": data}
             if k == "write":
                 args["rdwr"] = rng.random() < 0.3
+                args["fsync"] = rng.random() < 0.1
             return Op(k, path, args)
+        if k == "held":
+            path = self._file_path()
+            size = self._size_of(path)
+            r = rng.random()
+            if r < 0.3:
+                dst = None  # unlink while open
+            elif r < 0.6 and self.files:
+                dst = rng.choice(self.files)
+            else:
+                dst = self._new_path(FILE_NAMES)
+            return Op(
+                k,
+                path,
+                {
+                    "offset": rng.randint(0, size + 100),
+                    "data": rng.randbytes(rng.choice([1, 100, 3000])),
+                    "dst": dst,
+                    "offset2": rng.randint(0, size + 100),
+                    "data2": rng.randbytes(rng.choice([1, 100, 3000])),
+                    "fsync": rng.random() < 0.3,
+                },
+            )
         if k == "append":
             return Op(k, self._file_path(), {"data": rng.randbytes(rng.choice([0, 1, 10, 3000]))})
         if k == "truncate":
