@@ -350,7 +350,7 @@ class DgfsOperations(pyfuse3.Operations):
             attrs = self._effective_attrs(node)
             if attrs.mtime_ns is None:
                 attrs = replace(attrs, mtime_ns=time.time_ns())
-            xattr_values = node.record.xattrs if node.record is not None else {}
+            xattr_values = self._user_xattrs(node)
             try:
                 record = await self._run(
                     self.store.put, node.staging, key, attrs, xattr_values, node.record
@@ -362,6 +362,7 @@ class DgfsOperations(pyfuse3.Operations):
                 log.error("upload %s failed: %s; data kept in %s", key, exc, node.staging)
                 raise _fuse_error(code) from None
             node.record, node.dirty, node.pending, node.upload_error = record, False, None, None
+            node.xattrs = None
             node.attrs_dirty = False
             self.staging.mark_clean(node.staging)
             self.failed_uploads.pop(key, None)
@@ -776,10 +777,13 @@ class DgfsOperations(pyfuse3.Operations):
                     self.store.rename, src.record, new_key, replaced, attrs
                 )
                 src.attrs_dirty, src.pending = False, None
-            elif src.record is not None:
-                await self._run(self.store.delete, src.record)
-                src.record = replaced
-            elif replaced is not None:
+            else:
+                # unsaved writes: the pending upload goes to the new name and must carry this
+                # file's attributes, not those of the file it replaces
+                src.pending = self._effective_attrs(src)
+                src.xattrs = self._user_xattrs(src)
+                if src.record is not None:
+                    await self._run(self.store.delete, src.record)
                 src.record = replaced
             if dst is not None:
                 self._discard_pending(dst)
@@ -839,7 +843,8 @@ class DgfsOperations(pyfuse3.Operations):
         values: dict[str, bytes] = {}
         if node.record is not None and not node.is_dir:
             values.update({k: v.encode() for k, v in xattrs.file_xattrs(node.record).items()})
-            values.update(node.record.xattrs)
+        if not node.is_dir:
+            values.update(self._user_xattrs(node))
         if node.is_dir and node.path is not None:
             figures = await self.dir_stats.values(node.path, root=node.ino == pyfuse3.ROOT_INODE)
             values.update({k: v.encode() for k, v in figures.items()})
@@ -899,15 +904,16 @@ class DgfsOperations(pyfuse3.Operations):
         await self._set_user_xattrs(node, current)
 
     def _user_xattrs(self, node: Node) -> dict[str, bytes]:
+        """User xattrs as the file has them now (unsaved ones of a file being written first)."""
+        if node.xattrs is not None:
+            return dict(node.xattrs)
         return dict(node.record.xattrs) if node.record is not None else {}
 
     async def _set_user_xattrs(self, node: Node, values: dict[str, bytes]) -> None:
-        if node.record is None:
-            raise _fuse_error(errno.ENOTSUP)
-        attrs = self._effective_attrs(node)
-        if node.dirty:
-            node.record = replace(node.record, xattrs=values)
+        if node.dirty or node.record is None:
+            node.xattrs = values  # carried by the pending upload
             return
+        attrs = self._effective_attrs(node)
         node.record = await self._run(self.store.set_attrs, node.record, attrs, values)
         node.attrs_dirty, node.pending = False, None
         self.records.remember(node.record)

@@ -33,6 +33,7 @@ class Node:
     dirty: bool = False
     attrs_dirty: bool = False
     pending: PosixAttrs | None = None
+    xattrs: dict[str, bytes] | None = None  # unsaved user xattrs of a file being written
     lookups: int = 0
     open_handles: int = 0
     writers: int = 0

@@ -40,12 +40,11 @@ def _n_ops() -> int:
 def excluded(op: Op, model: Path) -> bool:
     """Op patterns with a known, not yet fixed dgfs bug (each with an xfail reproduction below).
 
-    Fixed bugs the test found have plain regression tests below (readdir dir attributes, other
-    clients' chmod/utime, pending attributes across a dir rename, setgid dirs).
+    None at the moment. Fixed bugs the test found have plain regression tests below (readdir
+    dir attributes, other clients' chmod/utime, pending attributes across a dir rename, setgid
+    dirs, rename of a file with unsaved writes).
     """
-    # test_rename_of_file_with_unsaved_writes_keeps_its_mode: a file renamed while it has
-    # unsaved writes is uploaded with the replaced file's attributes (or the defaults)
-    return op.kind == "held" and op.args["dst"] is not None
+    return False
 
 
 class Failure(AssertionError):
@@ -178,12 +177,6 @@ def _create(path: Path, data: bytes, mode: int) -> None:
     os.close(fd)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rename of a file with unsaved writes (open, written, not yet uploaded): _rename_file "
-    "sets src.record to the replaced file's record (None for a new name), so the upload at close "
-    "carries the replaced file's mode/uid/gid/xattrs, or the default 0o666 & ~umask",
-)
 @pytest.mark.parametrize("target", ["existing", "new"])
 def test_rename_of_file_with_unsaved_writes_keeps_its_mode(mounter, bucket, tmp_path, target):
     mnt = mounter(bucket)
