@@ -858,12 +858,14 @@ def main() -> int:
             log(f"workload {w} took {time.monotonic() - t:.0f}s")
     except KeyboardInterrupt:
         log("interrupted; tearing down")
-        return 130
+        failures["interrupted"] = "run interrupted; the rows above are partial"
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         b.close()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     mode = "quick" if args.quick else "full"
+    if "interrupted" in failures:
+        mode += ", INTERRUPTED (partial)"
     print(f"dgfs benchmarks ({mode}, {time.monotonic() - started:.0f}s): {json.dumps(machine())}")
     print(table(b.rows))
     limits = series_limits(b.rows)
@@ -889,6 +891,8 @@ def main() -> int:
                 indent=1,
             )
         )
+    if "interrupted" in failures:
+        return 130
     return 1 if failures else 0
 
 
