@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.proc import pid_alive
+
 LOCAL_ACCESS_KEY = "dgfs-local"
 LOCAL_SECRET_KEY = "dgfs-local-secret"
 LOCAL_REGION = "us-east-1"
@@ -51,16 +53,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _accepting(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -77,7 +69,7 @@ def running(data_dir: Path) -> LocalServer | None:
     if not state.exists():
         return None
     pid_text, _, endpoint = state.read_text().strip().partition(" ")
-    if not pid_text.isdigit() or not _pid_alive(int(pid_text)):
+    if not pid_text.isdigit() or not pid_alive(int(pid_text)):
         return None
     return LocalServer(endpoint, int(pid_text), data_dir)
 
@@ -146,7 +138,7 @@ def kill(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return
         except ChildProcessError:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return
         time.sleep(0.05)
     try:

@@ -27,6 +27,7 @@ from core.config import DeltaSettings, S3Settings
 from core.deltastore import DeltaStore
 from core.errors import DgError
 from core.objectstore import ObjectStore
+from core.proc import pid_alive
 from dgfs.fs import DgfsOperations
 from dgfs.options import FsOptions
 from dgfs.staging import StagingArea, recover
@@ -250,22 +251,8 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 600.0) -> lis
     if lazy:  # detached: the daemon finishes (and uploads) once the last open file closes
         return []
     deadline = time.monotonic() + timeout
-    while pid and _alive(pid) and time.monotonic() < deadline:
+    while pid and pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     state = json.loads(path.read_text()) if path.exists() else {}
     path.unlink(missing_ok=True)
     return list(state.get("failed_uploads", []))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat_text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat_text.split(")")[-1].split()[0] != "Z"

@@ -13,6 +13,8 @@ import tempfile
 import weakref
 from pathlib import Path
 
+from core.proc import pid_alive
+
 log = logging.getLogger("dgfs.cache")
 
 PREFIX = "ephemeral-"
@@ -77,20 +79,10 @@ def reap_leftovers(base: Path) -> None:
         return
     for name in names:
         match = _NAME.match(name)
-        if not match or _pid_alive(int(match.group(1))) or _lock_held(base / name / _LOCK):
+        if not match or pid_alive(int(match.group(1))) or _lock_held(base / name / _LOCK):
             continue
         shutil.rmtree(base / name, ignore_errors=True)
         log.info("removed leftover cache directory %s of dead process", base / name)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lock_held(path: Path) -> bool:
