@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from core.proc import pid_alive
 from tests.mounting import force_unmount
 
 VENV_BIN = Path(sys.executable).parent
@@ -71,6 +72,9 @@ def test_sigterm_unmounts_cleanly_after_uploads(mounter, bucket, deltastore):
     pid = int(__import__("json").loads(_state_text(m.path))["pid"])
     os.kill(pid, signal.SIGTERM)
     _wait_unmounted(m.path)
+    deadline = time.monotonic() + 30
+    while pid_alive(pid) and time.monotonic() < deadline:  # it logs after unmounting
+        time.sleep(0.05)
     assert deltastore.stat("pending.bin").original_size == 10_000
     assert "unmounted cleanly" in m.log_text()
 
