@@ -32,7 +32,7 @@ LONG = os.environ.get("DG_RELIABILITY_LONG") == "1"
 COUNT = 60 if LONG else 20
 ROUNDS = 3 if LONG else 1
 SIZE = 200_000
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(2400 if LONG else 300)
 
 
 def report(**fields) -> None:
