@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from core.errors import CodecError
+from core.errors import CodecError, NoSpace
 
 MIN_SOURCE_WINDOW = 64 * 2**20
 MAX_SOURCE_WINDOW = 2**30
@@ -37,7 +37,10 @@ def _run(args: list[str], what: str) -> None:
         raise CodecError(f"{what}: cannot run xdelta3: {exc}") from None
     if proc.returncode != 0:
         detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise CodecError(f"{what}: xdelta3 exit {proc.returncode}: {detail[-1] if detail else ''}")
+        message = f"{what}: xdelta3 exit {proc.returncode}: {detail[-1] if detail else ''}"
+        if "No space left on device" in message:
+            raise NoSpace(message)
+        raise CodecError(message)
 
 
 def encode(reference: Path, target: Path, out: Path) -> int:

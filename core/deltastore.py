@@ -315,7 +315,11 @@ class DeltaStore:
             delta_path = tmp / "delta"
             if ref is None and self._create_reference(prefix, src, sha, name):
                 ref = self.reference(prefix)
-                codec.encode(src, src, delta_path)
+                try:
+                    codec.encode(src, src, delta_path)
+                except Exception:
+                    self._release_reference(prefix, local_copy=src)  # ours, no delta uses it yet
+                    raise
                 zero_diff = True
             else:
                 ref = ref or self.reference(prefix)
@@ -427,6 +431,7 @@ class DeltaStore:
 
     def reconstruct(self, record: ObjectRecord, out: Path) -> None:
         """Write the original bytes of `record` to `out`; IntegrityError names the bad key."""
+        check_record(record)
         if record.kind != Kind.DELTA:
             with out.open("wb") as f:
                 _, digest = self.store.download(record.stored_key, f)
@@ -435,14 +440,21 @@ class DeltaStore:
             return
         if not record.ref_sha256 or not record.ref_key:
             raise IntegrityError(f"{record.stored_key}: delta without reference sha256")
+        missing = IntegrityError(f"{record.stored_key}: its reference {record.ref_key} is missing")
         if record.ref_sha256 == record.sha256:
             # zero-diff: the file is the reference itself (and fetching it through the cache
             # here would wait on the very cache entry this call is producing)
-            self._fetch_verified(record.ref_key, record.ref_sha256, out)
+            try:
+                self._fetch_verified(record.ref_key, record.ref_sha256, out)
+            except NotFound:
+                raise missing from None
             return
         with self._scratch() as tmp:
             ref_path, delta_path = tmp / "reference", tmp / "delta"
-            self._reference_file(record.ref_key, record.ref_sha256, ref_path)
+            try:
+                self._reference_file(record.ref_key, record.ref_sha256, ref_path)
+            except NotFound:
+                raise missing from None
             with delta_path.open("wb") as f:
                 self.store.download(record.stored_key, f)
             try:
@@ -458,6 +470,7 @@ class DeltaStore:
 
         Raises NotCacheable when the cache cannot hold it (memory backend): use `reconstruct`.
         """
+        check_record(record)
         if record.kind == Kind.PLAIN or not record.sha256:
             return self.cache.get_or_create_plain(
                 self.store.bucket,
@@ -492,7 +505,10 @@ class DeltaStore:
             for o in page.objects
         )
 
-    def _release_reference(self, prefix: str) -> None:
+    def _release_reference(self, prefix: str, local_copy: Path | None = None) -> None:
+        """Delete the deltaspace's reference if no delta is left (see `delete`).
+
+        `local_copy`: the reference's bytes if the caller has them (saves a download)."""
         self.policy.release(self, prefix)  # keyframes first (no-op under deltaglider)
         if self._has_deltas(prefix):
             return
@@ -501,8 +517,9 @@ class DeltaStore:
         if ref is None:
             return
         with self._scratch() as tmp:
-            kept = tmp / "reference"
-            self._reference_file(ref.key, ref.sha256, kept)
+            kept = local_copy or tmp / "reference"
+            if local_copy is None:
+                self._reference_file(ref.key, ref.sha256, kept)
             self.store.delete(ref.key)
             if self._has_deltas(prefix):
                 log.warning("%s: a delta appeared while deleting; restoring reference", ref.key)
@@ -626,3 +643,21 @@ def _metadata_with(
     meta.update(layout.posix_attrs_to_meta(attrs))
     meta.update(layout.xattrs_to_meta(record.xattrs if xattrs is None else xattrs))
     return layout.fit_metadata(meta)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_sha256(value: str | None) -> bool:
+    return value is not None and len(value) == 64 and set(value) <= _HEX
+
+
+def check_record(record: ObjectRecord) -> None:
+    """Refuse metadata that cannot describe real content (IntegrityError naming the key)."""
+    if record.sha256 is not None and not _is_sha256(record.sha256):
+        raise IntegrityError(f"{record.stored_key}: dg-file-sha256 is not a SHA-256")
+    if record.kind == Kind.DELTA:
+        if record.original_size < 0:
+            raise IntegrityError(f"{record.stored_key}: dg-file-size is missing or not a number")
+        if not _is_sha256(record.ref_sha256):
+            raise IntegrityError(f"{record.stored_key}: dg-ref-sha256 is not a SHA-256")

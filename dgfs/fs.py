@@ -24,7 +24,7 @@ import trio
 
 from core import layout
 from core.cache import NotCacheable
-from core.deltastore import DeltaStore, DirListing, TooManyObjects
+from core.deltastore import DeltaStore, DirListing, TooManyObjects, check_record
 from core.errors import DgError, InvalidName, NotFound
 from core.layout import Kind, ObjectRecord, PosixAttrs
 from core.metadata import RecordCache
@@ -634,7 +634,10 @@ class DgfsOperations(pyfuse3.Operations):
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
             self._check_writable()
-        if writable and flags & os.O_TRUNC:
+        truncating = writable and flags & os.O_TRUNC
+        if node.record is not None and not node.dirty and not truncating:
+            check_record(node.record)  # metadata that cannot describe real content: EIO, logged
+        if truncating:
             async with node.lock:
                 await self._ensure_staging(node, keep_content=False)
                 self._make_dirty(node)
@@ -704,6 +707,10 @@ class DgfsOperations(pyfuse3.Operations):
             await self._run(self.store.delete, node.record)
             self.records.forget(node.record.stored_key)
         self._discard_pending(node)
+        if node.open_handles == 0 and node.staging is not None:  # free its space now
+            os.close(node.fd)
+            self.staging.remove(node.staging)
+            node.staging, node.fd = None, -1
         self._note_file(path, None)
         self.inodes.detach(node)
 

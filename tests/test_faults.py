@@ -346,12 +346,6 @@ def test_disk_full_staging_gives_enospc_and_keeps_the_mount(
     assert dgfs_verify(bucket).returncode == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unlink of a file whose upload failed keeps its staging file until unmount "
-    "(fs.unlink → _discard_pending marks it clean but nothing removes node.staging after the "
-    "last release), so the staging disk stays full and every later write gets ENOSPC",
-)
 def test_disk_full_unlinking_the_failed_file_frees_the_space(small_tmpfs, mounter, bucket):
     m = mounter(bucket, "mnt", "--cache-dir", str(small_tmpfs))
     (m.path / "d").mkdir()
@@ -379,12 +373,6 @@ def test_disk_full_reads_of_stored_files_still_work(
         assert (m.path / "keep" / f"app-{i}.zip").read_bytes() == data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a delta encode that fails for lack of space (xdelta3: 'write failed: … No space "
-    "left on device') is a CodecError → close() returns EIO, not the ENOSPC SEMANTICS.md "
-    "documents",
-)
 def test_disk_full_in_a_new_deltaspace_close_says_enospc(small_tmpfs, mounter, bucket):
     m = mounter(bucket, "mnt", "--cache-dir", str(small_tmpfs))
     (m.path / "new").mkdir()
