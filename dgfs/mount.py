@@ -148,7 +148,7 @@ def run_foreground(cfg: MountConfig, ready_fd: int | None = None) -> int:
             "unmounted with %d upload(s) not done: %s (staged data kept in %s)",
             len(failed),
             ", ".join(failed),
-            staging,
+            staging.path,
         )
         return 1
     log.info("unmounted cleanly")
