@@ -269,6 +269,7 @@ class DeltaStore:
         xattrs: dict[str, bytes] | None = None,
         previous: ObjectRecord | None = None,
         force_direct: bool = False,
+        known_new: bool = False,
     ) -> ObjectRecord:
         """Store a local file as `logical_key`: delta when it pays, direct otherwise.
 
@@ -277,7 +278,8 @@ class DeltaStore:
         on one) and is stored as a zero-diff self-delta, as deltaglider does. Later files are
         encoded against it; a delta larger than `max_ratio` × original is stored direct.
         The new object is written before the other form (`x` vs `x.delta`) is deleted.
-        `previous`: the record being replaced if the caller knows it (saves HEADs).
+        `previous`: the record being replaced if the caller knows it (saves HEADs);
+        `known_new`: the caller knows nothing exists under this name (saves the HEAD too).
         """
         layout.check_logical_name(logical_key)
         extra = layout.posix_attrs_to_meta(attrs or PosixAttrs())
@@ -295,7 +297,8 @@ class DeltaStore:
             )
             self.store.put_file(logical_key, src, layout.encode_metadata(meta))
             record = self._written(logical_key, Kind.DIRECT, size, size, sha, meta)
-        self._remove_other_form(logical_key, record.kind, previous)
+        if not known_new:
+            self._remove_other_form(logical_key, record.kind, previous)
         return record
 
     def _put_delta(
@@ -539,10 +542,12 @@ class DeltaStore:
         dst_logical: str,
         replaced: ObjectRecord | None = None,
         attrs: PosixAttrs | None = None,
+        known_new: bool = False,
     ) -> ObjectRecord:
         """Move a logical file. Same deltaspace (or no delta): server-side copy + delete.
         Across deltaspaces a delta is re-encoded against the destination's reference.
-        `attrs`, if given, replace the POSIX attributes in the same copy (no extra request)."""
+        `attrs`, if given, replace the POSIX attributes in the same copy (no extra request);
+        `known_new`: nothing exists under the destination name (no HEAD for its other form)."""
         layout.check_logical_name(dst_logical)
         same_space = layout.deltaspace_of(record.logical_key) == layout.deltaspace_of(dst_logical)
         if record.kind == Kind.DELTA and not same_space:
@@ -565,7 +570,8 @@ class DeltaStore:
                 metadata=meta,
                 attrs=layout.posix_attrs_from(meta),
             )
-            self._remove_other_form(dst_logical, record.kind, replaced)
+            if not known_new:
+                self._remove_other_form(dst_logical, record.kind, replaced)
         if record.stored_key != new.stored_key:
             if record.kind == Kind.DELTA and not same_space:
                 self.delete(record)

@@ -184,6 +184,14 @@ class DgfsOperations(pyfuse3.Operations):
             if ref is not None:
                 state.listing.reference = ObjectInfo(ref.key, ref.size, "", 0)
 
+    def _listed_absent(self, path: str) -> bool:
+        """Whether a fresh listing of the parent shows no file or dir under this name."""
+        parent, _, name = path.rpartition("/")
+        state = self.dirs.get(parent)
+        if state is None or time.monotonic() - state.fetched >= self.opts.metadata_ttl:
+            return False
+        return name not in state.listing.files and name not in state.listing.dirs
+
     def _note_dir(self, path: str, present: bool) -> None:
         parent, _, name = path.rpartition("/")
         state = self.dirs.get(parent)
@@ -353,7 +361,15 @@ class DgfsOperations(pyfuse3.Operations):
             xattr_values = self._user_xattrs(node)
             try:
                 record = await self._run(
-                    self.store.put, node.staging, key, attrs, xattr_values, node.record
+                    functools.partial(
+                        self.store.put,
+                        node.staging,
+                        key,
+                        attrs,
+                        xattr_values,
+                        node.record,
+                        known_new=node.record is None and self._listed_absent(node.path),
+                    )
                 )
             except Exception as exc:
                 code = errno_for(exc)
@@ -465,7 +481,8 @@ class DgfsOperations(pyfuse3.Operations):
             # coalesced: applied by one self-copy within ATTR_DELAY, or folded into a rename
             # (rsync's chmod/utimes/chown then rename cost one copy, not four)
             node.pending = new
-            node.attrs_dirty = True
+            if not node.attrs_dirty:
+                node.attrs_dirty, node.attrs_since = True, time.monotonic()
         return self._entry(node)
 
     async def _apply_attrs(self, node: Node) -> None:
@@ -485,8 +502,11 @@ class DgfsOperations(pyfuse3.Operations):
     async def apply_pending_attrs(self) -> None:
         """Background task: write coalesced attribute changes after ATTR_DELAY."""
         while True:
-            await trio.sleep(ATTR_DELAY)
+            await trio.sleep(ATTR_DELAY / 4)
+            due = time.monotonic() - ATTR_DELAY
             for node in self.inodes.attr_pending_nodes():
+                if node.attrs_since > due:
+                    continue
                 try:
                     await self._apply_attrs(node)
                 except pyfuse3.FUSEError:
@@ -780,8 +800,9 @@ class DgfsOperations(pyfuse3.Operations):
             if src.record is not None and not src.dirty:
                 new_key = self._key(new_path)
                 attrs = self._effective_attrs(src) if src.attrs_dirty else None
+                known_new = replaced is None and self._listed_absent(new_path)
                 src.record = await self._run(
-                    self.store.rename, src.record, new_key, replaced, attrs
+                    self.store.rename, src.record, new_key, replaced, attrs, known_new
                 )
                 src.attrs_dirty, src.pending = False, None
             else:

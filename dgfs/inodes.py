@@ -32,6 +32,7 @@ class Node:
     fd: int = -1
     dirty: bool = False
     attrs_dirty: bool = False
+    attrs_since: float = 0.0  # monotonic time of the first unsaved attribute change
     pending: PosixAttrs | None = None
     xattrs: dict[str, bytes] | None = None  # unsaved user xattrs of a file being written
     lookups: int = 0
