@@ -337,8 +337,11 @@ class DeltaStore:
                     self._reference_file(ref.key, ref.sha256, ref_path)
                     if not looks_related(head, sniff(ref_path), same_suffix):
                         return None
-                codec.encode(ref_path, src, delta_path)
                 zero_diff = ref.sha256 == sha
+                limit = None if zero_diff else int(self.settings.max_ratio * size)
+                if codec.encode(ref_path, src, delta_path, limit) is None:
+                    log.info("%s: delta exceeds max ratio; storing direct", logical_key)
+                    return None
             delta_size = delta_path.stat().st_size
             if size and delta_size > self.settings.max_ratio * size and not zero_diff:
                 log.info(
