@@ -36,6 +36,9 @@ echo
 echo "== getfattr -d mnt/releases/dgfs-src-0.4.tar"
 getfattr -d --absolute-names mnt/releases/dgfs-src-0.4.tar
 echo
+echo "== getfattr -d mnt/releases (the directory's figures, reference.bin included)"
+getfattr -d --absolute-names mnt/releases
+echo
 echo "== objects in the bucket"
 .venv/bin/python - <<'PY'
 import boto3
