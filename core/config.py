@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 
 REFERENCE_POLICIES = ("deltaglider", "adaptive", "adaptive-compatible")
 
@@ -139,9 +139,3 @@ def delta_settings_from_env(env: Mapping[str, str] | None = None, **overrides) -
     if not 0.0 < settings.max_ratio <= 1.0:
         raise ConfigError(f"max ratio must be in (0, 1], got {settings.max_ratio}")
     return settings
-
-
-def with_overrides(settings, **overrides):
-    """A copy of a settings dataclass with the non-None overrides applied."""
-    known = {f.name for f in fields(settings)}
-    return replace(settings, **{k: v for k, v in overrides.items() if v is not None and k in known})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,9 +129,3 @@ class InodeTable:
 
     def attr_pending_nodes(self) -> list[Node]:
         return [n for n in self._by_ino.values() if n.attrs_dirty and not n.dirty]
-
-
-def file_type(record: ObjectRecord | None) -> int:
-    if record is not None and record.attrs.mode is not None:
-        return stat.S_IFMT(record.attrs.mode) or stat.S_IFREG
-    return stat.S_IFREG
