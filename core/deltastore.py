@@ -358,40 +358,34 @@ class DeltaStore:
             self.store.put_file(
                 layout.delta_key(logical_key), delta_path, layout.encode_metadata(meta)
             )
-            self._ensure_reference_after_write(prefix, ref, tmp, src if zero_diff else None)
+            self.ensure_reference(
+                ref.key, ref.sha256, ref.source_name, src if zero_diff else tmp / "reference"
+            )
         record = self._written(
             layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta
         )
         return replace(record, ref_key=ref.key, ref_sha256=ref.sha256)
 
-    def _ensure_reference_after_write(
-        self, prefix: str, ref: Reference, tmp: Path, local: Path | None
-    ) -> None:
+    def ensure_reference(self, key: str, sha256: str, source_name: str, local: Path) -> None:
         """Writer half of the delete protocol: the reference must exist after our delta does.
 
-        If a concurrent delete removed it between our encode and our PUT, put it back from the
-        bytes we encoded against (conditional create, so two restorers agree).
+        If a concurrent delete removed it between our encode and our PUT, put it back from
+        `local`, the bytes we encoded against (conditional create, so two restorers agree).
         """
         try:
-            self.store.head(ref.key)
+            self.store.head(key)
             return
         except NotFound:
             pass
-        source = local or tmp / "reference"
-        if not source.exists():
+        if not local.exists():
             return
-        log.warning("%s: reference vanished while writing; restoring it", ref.key)
+        log.warning("%s: reference vanished while writing; restoring it", key)
+        meta = layout.fit_metadata(layout.reference_metadata(self.tool, source_name, sha256))
         try:
-            meta = layout.reference_metadata(self.tool, ref.source_name, ref.sha256)
-            self.store.put_file(
-                ref.key,
-                source,
-                layout.encode_metadata(layout.fit_metadata(meta)),
-                if_none_match=True,
-            )
+            self.store.put_file(key, local, layout.encode_metadata(meta), if_none_match=True)
         except PreconditionFailed:
             pass
-        self._forget_reference(prefix)
+        self._forget_reference(layout.deltaspace_of(key))
 
     def _written(
         self, key: str, kind: Kind, stored: int, size: int, sha: str, meta: dict[str, str]
@@ -503,7 +497,8 @@ class DeltaStore:
         if record.kind == Kind.DELTA:
             self._release_reference(layout.deltaspace_of(record.stored_key))
 
-    def _has_deltas(self, prefix: str) -> bool:
+    def has_deltas(self, prefix: str) -> bool:
+        """Whether the deltaspace holds a `.delta` (delimited: sibling prefixes don't count)."""
         base = f"{prefix}/" if prefix else ""
         return any(
             o.key.endswith(layout.DELTA_SUFFIX)
@@ -512,30 +507,40 @@ class DeltaStore:
         )
 
     def _release_reference(self, prefix: str, local_copy: Path | None = None) -> None:
-        """Delete the deltaspace's reference if no delta is left (see `delete`).
-
-        `local_copy`: the reference's bytes if the caller has them (saves a download)."""
+        """Delete the deltaspace's references that no delta uses any more (see `delete`)."""
         self.policy.release(self, prefix)  # keyframes first (no-op under deltaglider)
-        if self._has_deltas(prefix):
-            return
-        ref = self.reference(prefix)
+        self.remove_unused_reference(layout.reference_key(prefix), local_copy)
+
+    def remove_unused_reference(self, ref_key: str, local_copy: Path | None = None) -> bool:
+        """Delete `ref_key` unless a delta is, or appears, in its deltaspace; True if removed.
+
+        The delete half of the protocol in `delete`: list, keep the bytes (`local_copy` if the
+        caller has them), delete, list again, and restore (conditional create, original
+        metadata) if a delta appeared meanwhile.
+        """
+        prefix = layout.deltaspace_of(ref_key)
+        if self.has_deltas(prefix):
+            return False
         self._forget_reference(prefix)
-        if ref is None:
-            return
         with self._scratch() as tmp:
             kept = local_copy or tmp / "reference"
-            if local_copy is None:
-                self._reference_file(ref.key, ref.sha256, kept)
-            self.store.delete(ref.key)
-            if self._has_deltas(prefix):
-                log.warning("%s: a delta appeared while deleting; restoring reference", ref.key)
-                meta = layout.reference_metadata(self.tool, ref.source_name, ref.sha256)
-                try:
-                    self.store.put_file(
-                        ref.key, kept, layout.encode_metadata(meta), if_none_match=True
-                    )
-                except PreconditionFailed:
-                    pass
+            try:
+                if local_copy is None:
+                    with kept.open("wb") as f:
+                        info, _ = self.store.download(ref_key, f)
+                else:
+                    info = self.store.head(ref_key)
+            except NotFound:
+                return False
+            self.store.delete(ref_key)
+            if not self.has_deltas(prefix):
+                return True
+            log.warning("%s: a delta appeared while deleting; restoring reference", ref_key)
+            try:
+                self.store.put_file(ref_key, kept, info.metadata or {}, if_none_match=True)
+            except PreconditionFailed:
+                pass
+        return False
 
     # ------------------------------------------------------------ rename / attributes
 

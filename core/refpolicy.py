@@ -144,7 +144,7 @@ class AdaptivePolicy(ReferencePolicy):
             )
             meta = layout.fit_metadata({**meta, **extra})
             store.store.put_file(layout.delta_key(logical_key), delta, layout.encode_metadata(meta))
-            self._ensure_after_write(store, chosen, local)
+            store.ensure_reference(chosen.key, chosen.sha256, chosen.source_name, local)
         if old_ref and old_ref != chosen.key and is_keyframe_key(old_ref):
             self.release(store, prefix)  # the overwritten delta may have been its last user
         record = store._written(
@@ -190,23 +190,6 @@ class AdaptivePolicy(ReferencePolicy):
             pass  # same stamp and content: the object holds exactly these bytes
         log.info("%s: new keyframe for %s", key, name)
         return Candidate(key, sha, name)
-
-    def _ensure_after_write(self, store, ref: Candidate, local: Path) -> None:
-        """Writer half of the delete protocol: restore the reference if a sweep removed it."""
-        try:
-            store.store.head(ref.key)
-            return
-        except NotFound:
-            pass
-        log.warning("%s: reference vanished while writing; restoring it", ref.key)
-        meta = layout.fit_metadata(
-            layout.reference_metadata(store.tool, ref.source_name, ref.sha256)
-        )
-        try:
-            store.store.put_file(ref.key, local, layout.encode_metadata(meta), if_none_match=True)
-        except PreconditionFailed:
-            pass
-        store._forget_reference(layout.deltaspace_of(ref.key))
 
     # ---------------------------------------------------------------- release
 

@@ -10,16 +10,14 @@ is unreadable (a missing reference).
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from core import layout
 from core.deltastore import DeltaStore
-from core.errors import NotFound, PreconditionFailed
+from core.errors import NotFound
 from core.layout import Kind, ObjectRecord
 from core.metadata import RecordCache
 from core.objectstore import ObjectInfo
@@ -344,36 +342,9 @@ def format_xattrs(
 # ---------------------------------------------------------------- garbage collection
 
 
-def _has_deltas(store: DeltaStore, prefix: str) -> bool:
-    """Whether the deltaspace holds a `.delta` (delimited listing: sibling prefixes don't count)."""
-    return any(
-        o.key.endswith(layout.DELTA_SUFFIX)
-        for page in store.store.list_pages(_base(prefix))
-        for o in page.objects
-    )
-
-
 def remove_orphan(store: DeltaStore, ref_key: str) -> bool:
     """Delete an orphaned reference unless a delta is (or appears) in its deltaspace.
 
-    Same protocol as DeltaStore.delete: list right before deleting, keep the bytes, delete,
-    list again and restore (conditional create) if a delta appeared meanwhile. True if removed.
+    The same protocol as DeltaStore.delete (DeltaStore.remove_unused_reference). True if removed.
     """
-    prefix = layout.deltaspace_of(ref_key)
-    if _has_deltas(store, prefix):
-        return False
-    with tempfile.TemporaryDirectory(dir=store.workdir) as tmp:
-        kept = Path(tmp) / "reference"
-        try:
-            with kept.open("wb") as f:
-                info, _ = store.store.download(ref_key, f)
-        except NotFound:
-            return False
-        store.store.delete(ref_key)
-        if not _has_deltas(store, prefix):
-            return True
-        try:
-            store.store.put_file(ref_key, kept, info.metadata or {}, if_none_match=True)
-        except PreconditionFailed:
-            pass
-        return False
+    return store.remove_unused_reference(ref_key)
