@@ -111,8 +111,15 @@ class RecordCache:
         """Record what we just wrote or HEADed (written records get their ETag at next LIST)."""
         with self._lock:
             self._records[record.stored_key] = record
-        if self._db is not None and record.etag:
+        if self._db is None:
+            return
+        if record.etag:
             self._db.put(record)
+        else:
+            # a record we just wrote, ETag unknown until the next LIST: the persisted row
+            # describes the object it replaced (a self-copy keeps ETag, size and maybe the
+            # second), so it must not survive to the next mount
+            self._db.delete(record.stored_key)
 
     def forget(self, stored_key: str) -> None:
         with self._lock:

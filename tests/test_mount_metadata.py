@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from tests.datagen import random_bytes, version_series, write
 
@@ -87,3 +88,38 @@ def test_rsync_new_files_cost_few_write_requests(mounter, bucket, tmp_path):
         check=True,
     )
     assert "Number of regular files transferred: 0" in second.stdout
+
+
+def test_chmod_right_after_write_survives_remount(mounter, bucket):
+    """A self-copy keeps ETag and size and often the second: the persisted record of the
+    pre-chmod object must not be trusted on the next mount (seen as a model-test failure)."""
+    m = mounter(bucket, "a", "--metadata-ttl", "60")
+    for i in range(5):
+        path = m.path / f"f{i}"
+        path.write_bytes(b"x" * 9000)
+        path.chmod(0o640)
+        os.listdir(m.path)  # the listing adopts the written object's ETag
+        path.chmod(0o755)
+    assert m.umount().returncode == 0
+    again = mounter(bucket, "b", "--metadata-ttl", "60")
+    assert {p.name: p.stat().st_mode & 0o7777 for p in again.path.iterdir()} == {
+        f"f{i}": 0o755 for i in range(5)
+    }
+
+
+def test_record_of_own_write_replaces_persisted_row(deltastore, tmp_path):
+    from core.metadata import RecordCache
+
+    db = tmp_path / "records.db"
+    record = deltastore.put(write(tmp_path / "f", b"y" * 5000), "f.bin")
+    first = RecordCache(deltastore, db_path=db)
+    first.remember(record)
+    listed = deltastore.list_dir("").files["f.bin"]
+    assert first.resolve([listed])[0].stored_key == record.stored_key  # adopted, persisted
+    changed = deltastore.set_attrs(record, replace(record.attrs, mode=0o100700))
+    first.remember(changed)
+    first.close()
+    second = RecordCache(deltastore, db_path=db)
+    listed = deltastore.list_dir("").files["f.bin"]
+    assert second.resolve([listed])[0].attrs.mode == 0o100700
+    second.close()
