@@ -178,6 +178,12 @@ def _mount_options(f):
         click.option("--extensions-only", is_flag=True, help="deltaglider's extension list only."),
         click.option("--metadata-ttl", type=float, help="Seconds to trust cached metadata."),
         click.option("--rename-dir-limit", type=int, help="Max objects moved by a dir rename."),
+        click.option(
+            "--temp-upload-delay",
+            type=float,
+            help="Seconds a closed rsync temp file (.NAME.XXXXXX) waits for its rename before"
+            " it is uploaded (default 5; 0: at close like any file).",
+        ),
         click.option("--path-style", is_flag=True, help="Path-style S3 addressing."),
         click.option("--ca-bundle", type=click.Path(), help="CA bundle for TLS."),
         click.option("--no-verify-ssl", is_flag=True, help="Do not verify TLS certificates."),

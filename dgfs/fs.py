@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,8 @@ log = logging.getLogger("dgfs.fs")
 
 BLOCK = 512
 ATTR_DELAY = 1.0  # seconds an attribute change may wait to be coalesced
+# rsync writes `.NAME.XXXXXX`, sets its attributes and renames it to NAME
+TEMP_FILE_PATTERN = re.compile(r"\.[^/]+\.[A-Za-z0-9]{6}")
 STATFS_BLOCKS = 2**40 // 4096
 
 
@@ -378,7 +381,7 @@ class DgfsOperations(pyfuse3.Operations):
                 log.error("upload %s failed: %s; data kept in %s", key, exc, node.staging)
                 raise _fuse_error(code) from None
             node.record, node.dirty, node.pending, node.upload_error = record, False, None, None
-            node.xattrs = None
+            node.xattrs, node.defer_until = None, 0.0
             node.attrs_dirty = False
             self.staging.mark_clean(node.staging)
             self.failed_uploads.pop(key, None)
@@ -405,6 +408,7 @@ class DgfsOperations(pyfuse3.Operations):
             self.staging.mark_clean(node.staging)
         node.dirty = False
         node.attrs_dirty = False
+        node.defer_until = 0.0
 
     async def flush_all(self) -> list[str]:
         """Upload every dirty file (at unmount); returns the keys that still failed."""
@@ -426,7 +430,7 @@ class DgfsOperations(pyfuse3.Operations):
         while True:
             await trio.sleep(self.opts.retry_interval)
             for node in self.inodes.dirty_nodes():
-                if node.writers == 0 and node.path is not None:
+                if node.writers == 0 and node.path is not None and not node.defer_until:
                     try:
                         await self._upload(node)
                         await self._drop_staging(node)
@@ -475,7 +479,7 @@ class DgfsOperations(pyfuse3.Operations):
                 node.dir_attrs = new
         elif node.dirty or node.record is None:
             node.pending = new
-            if node.writers == 0:
+            if node.writers == 0 and not node.defer_until:
                 await self._upload(node)
         elif changed_attrs:
             # coalesced: applied by one self-copy within ATTR_DELAY, or folded into a rename
@@ -500,10 +504,20 @@ class DgfsOperations(pyfuse3.Operations):
             self.records.remember(node.record)
 
     async def apply_pending_attrs(self) -> None:
-        """Background task: write coalesced attribute changes after ATTR_DELAY."""
+        """Background task: write coalesced attribute changes after ATTR_DELAY, and temp
+        files whose rename did not come within `temp_upload_delay`."""
         while True:
             await trio.sleep(ATTR_DELAY / 4)
-            due = time.monotonic() - ATTR_DELAY
+            now = time.monotonic()
+            for node in self.inodes.dirty_nodes():
+                if node.defer_until and node.defer_until <= now and node.writers == 0:
+                    node.defer_until = 0.0
+                    try:
+                        await self._upload(node)
+                        await self._drop_staging(node)
+                    except pyfuse3.FUSEError:
+                        pass  # logged by _upload; retried by retry_failed_uploads
+            due = now - ATTR_DELAY
             for node in self.inodes.attr_pending_nodes():
                 if node.attrs_since > due:
                     continue
@@ -691,12 +705,30 @@ class DgfsOperations(pyfuse3.Operations):
 
     async def flush(self, fh):
         handle = self.handles[fh]
-        if handle.writable and handle.node.dirty:
+        if handle.writable and handle.node.dirty and not self._defer(handle.node):
             await self._upload(handle.node)
 
     async def fsync(self, fh, datasync):
-        await self.flush(fh)
-        await self._apply_attrs(self.handles[fh].node)
+        node = self.handles[fh].node
+        if node.dirty:
+            await self._upload(node)
+        await self._apply_attrs(node)
+
+    def _defer(self, node: Node) -> bool:
+        """Whether a closed temp file waits for its rename instead of uploading now.
+
+        rsync closes `.NAME.XXXXXX`, sets mode and times, then renames it: uploading at the
+        rename stores it once under its final name (1 PUT instead of PUT + COPY + DELETE);
+        a failed upload is then reported by rename(). Uploaded anyway after
+        `temp_upload_delay` seconds, at fsync() and at unmount.
+        """
+        if self.opts.temp_upload_delay <= 0 or node.path is None:
+            return False
+        if not TEMP_FILE_PATTERN.fullmatch(node.path.rpartition("/")[2]):
+            return False
+        if not node.defer_until:
+            node.defer_until = time.monotonic() + self.opts.temp_upload_delay
+        return True
 
     async def release(self, fh):
         handle = self.handles.pop(fh)
@@ -705,7 +737,8 @@ class DgfsOperations(pyfuse3.Operations):
             handle.entry.close()
         node.open_handles -= 1
         node.writers -= handle.writable
-        if node.dirty and node.writers == 0 and node.path is not None and node.upload_error is None:
+        idle = node.writers == 0 and node.path is not None and node.upload_error is None
+        if node.dirty and idle and not self._defer(node):
             try:
                 await self._upload(node)
             except pyfuse3.FUSEError:
@@ -822,6 +855,10 @@ class DgfsOperations(pyfuse3.Operations):
                     src.staging, self._key(new_path), self._effective_attrs(src)
                 )
         self._note_file(old_path, None)
+        if src.defer_until:
+            src.defer_until = 0.0
+            await self._upload(src)  # its error is rename()'s: close() did not report one
+            await self._drop_staging(src)
         if src.record is not None and not src.dirty:
             self._note_file(new_path, src.record)
 

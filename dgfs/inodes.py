@@ -38,6 +38,7 @@ class Node:
     open_handles: int = 0
     writers: int = 0
     upload_error: int | None = None
+    defer_until: float = 0.0  # monotonic deadline of a closed temp file awaiting its rename
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property

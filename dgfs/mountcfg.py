@@ -24,7 +24,13 @@ INT_OPTIONS = {
     "ready_fd",
 }
 PATTERN_OPTIONS = {"no_delta", "exclude"}
-FLOAT_OPTIONS = {"max_ratio", "metadata_ttl", "connect_timeout", "read_timeout"}
+FLOAT_OPTIONS = {
+    "max_ratio",
+    "metadata_ttl",
+    "connect_timeout",
+    "read_timeout",
+    "temp_upload_delay",
+}
 
 
 class ConfigProblem(Exception):
@@ -121,7 +127,7 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
         cache_base=base,
         exclude=tuple(opts.get("exclude") or ()),
     )
-    for name in ("uid", "gid", "metadata_ttl", "rename_dir_limit"):
+    for name in ("uid", "gid", "metadata_ttl", "rename_dir_limit", "temp_upload_delay"):
         if opts.get(name) is not None:
             setattr(fs, name, opts[name])
     if opts.get("umask"):

@@ -21,6 +21,7 @@ class FsOptions:
     cache_base: Path = Path("/tmp/dgfs")
     max_threads: int = 16
     retry_interval: float = 10.0
+    temp_upload_delay: float = 5.0
     exclude: tuple[str, ...] = ()
 
 
