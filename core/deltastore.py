@@ -12,21 +12,21 @@ import logging
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core import TOOL_NAME, codec, layout
 from core.cache import NotCacheable
 from core.config import DeltaSettings
-from core.errors import DgError, IntegrityError, NotFound, PreconditionFailed
+from core.errors import DgError, IntegrityError, NoSpace, NotFound, PreconditionFailed
 from core.hashing import sha256_file
 from core.layout import Kind, ObjectRecord, PosixAttrs
 from core.objectstore import ObjectInfo, ObjectStore
 from core.policy import looks_related, may_delta, sniff, suffix_of
 from core.refpolicy import ReferencePolicy, make_policy
+from core.scratch import private_dir
 
 log = logging.getLogger("dgfs.store")
 
@@ -91,14 +91,9 @@ class DeltaStore:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    @contextmanager
-    def _scratch(self) -> Iterator[Path]:
+    def _scratch(self) -> AbstractContextManager[Path]:
         """A private temp directory for one operation, removed afterwards."""
-        path = Path(tempfile.mkdtemp(dir=self.workdir))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+        return private_dir(self.workdir)
 
     # ------------------------------------------------------------ stat / list
 
@@ -429,8 +424,13 @@ class DeltaStore:
         self.reconstruct(record, out)
         return record
 
-    def reconstruct(self, record: ObjectRecord, out: Path) -> None:
-        """Write the original bytes of `record` to `out`; IntegrityError names the bad key."""
+    def reconstruct(
+        self, record: ObjectRecord, out: Path, scratch_base: Path | None = None
+    ) -> None:
+        """Write the original bytes of `record` to `out`; IntegrityError names the bad key.
+
+        Temporary files (reference, delta) go under `scratch_base` (default: the work dir).
+        """
         check_record(record)
         if record.kind != Kind.DELTA:
             with out.open("wb") as f:
@@ -440,30 +440,35 @@ class DeltaStore:
             return
         if not record.ref_sha256 or not record.ref_key:
             raise IntegrityError(f"{record.stored_key}: delta without reference sha256")
-        missing = IntegrityError(f"{record.stored_key}: its reference {record.ref_key} is missing")
         if record.ref_sha256 == record.sha256:
             # zero-diff: the file is the reference itself (and fetching it through the cache
             # here would wait on the very cache entry this call is producing)
             try:
                 self._fetch_verified(record.ref_key, record.ref_sha256, out)
             except NotFound:
-                raise missing from None
+                raise _missing_reference(record) from None
             return
-        with self._scratch() as tmp:
+        self._decode(record, scratch_base or self.workdir, out)
+        digest = sha256_file(out)
+        if digest != record.sha256:
+            raise IntegrityError(f"{record.stored_key}: reconstructed sha256 mismatch")
+
+    def _decode(self, record: ObjectRecord, base: Path, out: Path) -> None:
+        """Fetch a delta and its reference into a scratch dir under `base`, decode to `out`."""
+        with private_dir(base) as tmp:
             ref_path, delta_path = tmp / "reference", tmp / "delta"
             try:
                 self._reference_file(record.ref_key, record.ref_sha256, ref_path)
             except NotFound:
-                raise missing from None
+                raise _missing_reference(record) from None
             with delta_path.open("wb") as f:
                 self.store.download(record.stored_key, f)
             try:
                 codec.decode(ref_path, delta_path, out)
+            except NoSpace:
+                raise
             except Exception as exc:
                 raise IntegrityError(f"{record.stored_key}: cannot decode ({exc})") from None
-        digest = sha256_file(out)
-        if digest != record.sha256:
-            raise IntegrityError(f"{record.stored_key}: reconstructed sha256 mismatch")
 
     def open_cached(self, record: ObjectRecord):
         """A pinned cache entry holding the original bytes of `record` (reconstructed once).
@@ -476,9 +481,11 @@ class DeltaStore:
                 self.store.bucket,
                 record.stored_key,
                 record.etag,
-                lambda tmp: self.reconstruct(record, tmp),
+                lambda tmp: self.reconstruct(record, tmp, tmp.parent),
             )
-        return self.cache.get_or_create(record.sha256, lambda tmp: self.reconstruct(record, tmp))
+        return self.cache.get_or_create(
+            record.sha256, lambda tmp: self.reconstruct(record, tmp, tmp.parent)
+        )
 
     # ------------------------------------------------------------ delete
 
@@ -675,3 +682,7 @@ def check_record(record: ObjectRecord) -> None:
             raise IntegrityError(f"{record.stored_key}: dg-file-size is missing or not a number")
         if not _is_sha256(record.ref_sha256):
             raise IntegrityError(f"{record.stored_key}: dg-ref-sha256 is not a SHA-256")
+
+
+def _missing_reference(record: ObjectRecord) -> IntegrityError:
+    return IntegrityError(f"{record.stored_key}: its reference {record.ref_key} is missing")

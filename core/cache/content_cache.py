@@ -24,6 +24,7 @@ from core.cache.plain_index import PlainIndex
 from core.cache.procdir import ProcessDir
 from core.cache.settings import CacheSettings, default_cache_dir
 from core.cache.singleflight import SingleFlight
+from core.scratch import private_dir, run_spilling
 
 log = logging.getLogger("dgfs.cache")
 
@@ -261,12 +262,9 @@ class ContentCache:
         entry = self._find(sha256)
         if entry is not None:
             return entry
-        tmp = self.scratch_path()
-        try:
-            produce(tmp)
-            return self.insert_file(tmp, sha256)
-        finally:
-            tmp.unlink(missing_ok=True)
+        return run_spilling(
+            self._procdir.tmp, lambda base: self._produce_into(base, produce, sha256)
+        )
 
     def _fill_plain(
         self, bucket: str, key: str, etag: str, produce: Callable[[Path], None]
@@ -275,14 +273,19 @@ class ContentCache:
         entry = self._find(sha256) if sha256 else None
         if entry is not None:
             return entry
-        tmp = self.scratch_path()
-        try:
-            produce(tmp)
-            entry = self.insert_file(tmp)
-        finally:
-            tmp.unlink(missing_ok=True)
+        entry = run_spilling(self._procdir.tmp, lambda base: self._produce_into(base, produce))
         self._index.put(bucket, key, etag, entry.sha256)
         return entry
+
+    def _produce_into(
+        self, base: Path, produce: Callable[[Path], None], sha256: str | None = None
+    ) -> CacheEntry:
+        """produce() a plaintext file in a private dir under `base`, then insert it (a full
+        disk tier degrades to memory; a full `base` raises for run_spilling to try elsewhere)."""
+        with private_dir(base) as tmp:
+            path = tmp / "content"
+            produce(path)
+            return self.insert_file(path, sha256)
 
     def _corrupt(self, sha256: str, source: Source | None, exc: CacheIntegrityError) -> None:
         self._count("corruptions")
