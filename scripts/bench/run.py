@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """dgfs benchmarks against s3fs, rclone mount, plain boto3 and deltaglider on a local S3 server.
 
-    bash scripts/bench/run.sh [--quick] [--json] [--only series,throughput,metadata,delta,memory]
+    bash scripts/bench/run.sh [--quick] [--json]
+        [--only series,slowlink,throughput,metadata,delta,memory]
 
 One private ministack server (own data dir in a temp dir, LOG_LEVEL=DEBUG so that every S3
 request is logged and can be counted per bucket) serves every system; each system gets its own
@@ -724,8 +725,20 @@ def wl_memory(b: Bench) -> None:
     src.unlink()
 
 
+def wl_slowlink(b: Bench) -> None:
+    """The series over a shaped link (scripts/bench/slowlink.py, in its own namespace)."""
+    fetch_series(b.quick)  # download first: the namespace reaches only its own loopback
+    cmd = [PY, ROOT / "scripts" / "bench" / "slowlink.py", *(["--quick"] if b.quick else [])]
+    proc = run(cmd, capture_output=False, stdout=subprocess.PIPE, timeout=3 * 3600)
+    for r in json.loads(proc.stdout.strip().splitlines()[-1]):
+        row = Row("slowlink", r["case"], r["system"], r["seconds"], r["nbytes"], r["nfiles"])
+        row.stored, row.original = r["stored"], r["original"]
+        b.add(row)
+
+
 WORKLOADS = {
     "series": wl_series,
+    "slowlink": wl_slowlink,
     "throughput": wl_throughput,
     "metadata": wl_metadata,
     "delta": wl_delta,

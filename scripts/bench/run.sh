@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 bash scripts/setup.sh >&2
 
 missing=()
-for pkg in s3fs zstd; do
+for pkg in s3fs zstd iproute2; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
