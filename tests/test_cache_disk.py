@@ -339,3 +339,21 @@ def test_full_disk_degrades_once(tmp_path, monkeypatch, caplog):
         assert list((tmp_path / "c" / "shared" / "objects").rglob("*/*/*")) == []
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "No space" in warnings[0].getMessage()
+
+
+def test_disk_tier_comes_back_after_the_disk_frees_up(tmp_path, monkeypatch):
+    from core.cache import content_cache
+
+    def full(*_args, **_kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_replace = os.replace
+    monkeypatch.setattr(content_cache, "DISK_RETRY_SECONDS", 0.0)
+    with make_cache(tmp_path / "c", memory_limit_bytes=4 * SIZE) as cache:
+        monkeypatch.setattr(os, "replace", full)
+        put(cache, tmp_path, os.urandom(SIZE))
+        assert cache.directory is None  # set aside: memory only
+        monkeypatch.setattr(os, "replace", real_replace)  # the disk has room again
+        sha = put(cache, tmp_path, os.urandom(SIZE))
+        assert cache.directory is not None
+        assert entry_path(cache, sha).exists()

@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ SHARED_DIR = "shared"
 INDEX_NAME = "plain-index.sqlite3"
 # With a disk tier, the memory tier holds only entries up to this fraction of its bound.
 HOT_FRACTION = 8
+DISK_RETRY_SECONDS = 60.0  # after a full disk, memory only for this long
 _DEGRADE_ERRNOS = {
     errno.ENOSPC,
     errno.EDQUOT,
@@ -71,6 +73,8 @@ class ContentCache:
         self._memory = MemoryLRU(settings.memory_limit_bytes)
         self._flights = SingleFlight()
         self._disk: DiskStore | None = None
+        self._parked: DiskStore | None = None  # disk tier set aside after a full disk
+        self._retry_at = 0.0
         self._closed = False
         base = settings.cache_dir or default_cache_dir()
         try:
@@ -106,7 +110,7 @@ class ContentCache:
             sha256 = _check_sha(sha256)
         with open(path, "rb", buffering=0) as src:
             size = os.fstat(src.fileno()).st_size
-            disk = self._disk
+            disk = self._disk_tier()
             if disk is None:
                 return self._insert_memory(src, size, sha256)
             if sha256 is None:
@@ -177,8 +181,10 @@ class ContentCache:
                 return
             self._closed = True
         self._index.close()
-        disk, self._disk = self._disk, None
-        if disk is not None:
+        with self._lock:
+            disks = [d for d in (self._disk, self._parked) if d is not None]
+            self._disk = self._parked = None
+        for disk in disks:
             disk.close()
         self._procdir.close()
 
@@ -206,7 +212,7 @@ class ContentCache:
         data = self._memory.get(sha256)
         if data is not None:
             return CacheEntry(sha256, MemorySource(data), self._corrupt)
-        disk = self._disk
+        disk = self._disk_tier()
         if disk is None:
             return None
         try:
@@ -296,14 +302,26 @@ class ContentCache:
         log.warning("cache entry %s failed its integrity check (%s); deleted", sha256, exc)
 
     def _degrade(self, exc: OSError) -> None:
+        """Set the disk tier aside (memory only) for DISK_RETRY_SECONDS; then try it again."""
         with self._lock:
             disk, self._disk = self._disk, None
+            if disk is not None:
+                self._parked, self._retry_at = disk, time.monotonic() + DISK_RETRY_SECONDS
         if disk is not None:
             self._warn_degraded(exc)
 
+    def _disk_tier(self) -> DiskStore | None:
+        """The disk tier, brought back once its retry time has come after a degrade."""
+        if self._disk is None and self._parked is not None and time.monotonic() >= self._retry_at:
+            with self._lock:
+                if self._parked is not None and not self._closed:
+                    self._disk, self._parked = self._parked, None
+                    log.info("trying the cache directory again")
+        return self._disk
+
     def _warn_degraded(self, exc: OSError) -> None:
         log.warning(
-            "cache directory %s is unusable (%s); caching in memory only (up to %d bytes)",
+            "cache directory %s is unusable (%s); caching in memory only (up to %d bytes) for now",
             self.settings.cache_dir or default_cache_dir(),
             exc.strerror or exc,
             self.settings.memory_limit_bytes,
