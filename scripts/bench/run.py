@@ -132,6 +132,7 @@ class Bench:
         self.env: dict[str, str] = {}
         self.s3 = None
         self.buckets: list[str] = []
+        self.profiles: list[tuple[str, list[str]]] = []
 
     # -- lifecycle
     def start(self) -> None:
@@ -237,6 +238,7 @@ class Mounted:
         self.b, self.system, self.bucket, self.path = bench, system, bucket, mp
         self.cache, self.extra = cache, extra
         self.proc: subprocess.Popen | None = None
+        self.profiler: subprocess.Popen | None = None
         self.pid: int | None = None
         self.logfile = cache.parent / f"{cache.name}.log"
 
@@ -249,6 +251,9 @@ class Mounted:
             cmd += [*([] if ttl else ["1"]), *self.extra]
             run(cmd, env=env, timeout=120)
             self.pid = self._dgfs_pid()
+            if self.b.args.profile and self.pid:
+                out = self.cache.parent / f"{self.cache.name}.raw"
+                self.profiler = profile_start(self.pid, out)
             return
         if self.system == "s3fs":
             opts = f"url={self.b.server.endpoint_url},use_path_request_style,"
@@ -298,6 +303,8 @@ class Mounted:
             )
             if r.returncode != 0:
                 raise RuntimeError(f"dgfs umount: {r.stderr.strip()}")
+            if self.profiler is not None:
+                self.b.profiles.append((self.path.name, profile_summary(self.profiler)))
         else:
             r = run(["umount", self.path], check=False, timeout=timeout)
             if r.returncode != 0:
@@ -333,6 +340,53 @@ def rclone_env(endpoint: str) -> dict[str, str]:
         "RCLONE_CONFIG_BENCH_REGION": localserver.LOCAL_REGION,
         "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
     }
+
+
+def profile_start(pid: int, out: Path) -> subprocess.Popen:
+    """Sample the dgfs daemon with py-spy (all threads, idle excluded) until it exits."""
+    cmd = [ROOT / ".venv" / "bin" / "py-spy", "record", "--pid", pid, "--format", "raw"]
+    cmd += ["--output", out, "--nonblocking", "--rate", "50"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen([str(c) for c in cmd], **quiet)
+    proc.out = out  # type: ignore[attr-defined]
+    return proc
+
+
+def profile_summary(proc: subprocess.Popen, top: int = 8) -> list[str]:
+    """Where the daemon spent its samples: top functions by self and by inclusive time."""
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return ["py-spy did not finish"]
+    own: collections.Counter = collections.Counter()
+    incl: collections.Counter = collections.Counter()
+    total = 0
+    out = proc.out  # type: ignore[attr-defined]
+    for line in out.read_text().splitlines() if out.exists() else []:
+        stack, _, count = line.rpartition(" ")
+        frames = [_frame(f) for f in stack.split(";")]
+        n = int(count)
+        total += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            entry = frame.endswith(("dgfs/cli.py", "dgfs/mount.py"))  # the daemon's main
+            if (" core/" in frame or " dgfs/" in frame) and not entry:
+                incl[frame] += n
+    if not total:
+        return ["no samples"]
+    lines = [f"{total} samples; self time:"]
+    lines += [f"  {n / total:6.1%}  {f}" for f, n in own.most_common(top)]
+    lines.append("inclusive (dgfs/core frames):")
+    lines += [f"  {n / total:6.1%}  {f}" for f, n in incl.most_common(top)]
+    return lines
+
+
+def _frame(raw: str) -> str:
+    """`func (/path/to/pkg/mod.py:12)` → `func pkg/mod.py` (lines of one function merged)."""
+    name, _, where = raw.partition(" (")
+    path = where.rstrip(")").rpartition(":")[0] or where.rstrip(")")
+    return f"{name or '?'} {'/'.join(path.split('/')[-2:])}"
 
 
 def timed(fn, *args) -> float:
@@ -841,6 +895,9 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
     ap.add_argument("--tmp", default=None, help="parent of the work dir (default: $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) at exit")
+    ap.add_argument(
+        "--profile", action="store_true", help="sample dgfs daemons with py-spy; print hot spots"
+    )
     args = ap.parse_args()
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
     if "delta" in wanted and "series" not in wanted:
@@ -890,6 +947,9 @@ def main() -> int:
         print("\ndetails (S3 requests by kind from the server log; LIST = GET on the bucket):")
         for r in extras:
             print(f"  {r.workload} | {r.case} | {r.system}: {json.dumps(r.extra)}")
+    for tag, lines in b.profiles:
+        print(f"\nprofile of the dgfs daemon mounted as {tag}:")
+        print("\n".join(lines))
     for w, err in failures.items():
         print(f"\nWORKLOAD {w} FAILED: {err}")
     if args.json:

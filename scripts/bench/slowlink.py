@@ -58,7 +58,7 @@ def outside(args: argparse.Namespace) -> int:
 
 def inside(args: argparse.Namespace) -> int:
     """In the namespace: one server, each system copies the series, timed until stored."""
-    bench = harness.Bench(argparse.Namespace(quick=args.quick, tmp=None, keep=False))
+    bench = harness.Bench(argparse.Namespace(quick=args.quick, tmp=None, keep=False, profile=False))
     rows = []
     try:
         bench.start()
