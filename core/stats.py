@@ -2,7 +2,10 @@
 
 Accounting per deltaspace (see the spec's "Stats fields"): original bytes are `dg-file-size`
 for deltas and the object size otherwise; stored bytes are the object sizes plus the
-deltaspace's `reference.bin` when a delta uses it. Plain objects (no dg metadata) count at
+deltaspace's `reference.bin` (and hidden references) when a delta uses it, directly or through
+a dgfs reference chain. Each delta is attributed to the reference policy that wrote it
+(`dgfs-policy`; without it: `adaptive-compatible` when it points at a hidden reference,
+otherwise `deltaglider`). Plain objects (no dg metadata) count at
 their size. A reference no listed delta uses is orphaned; a delta whose reference is absent
 is unreadable (a missing reference).
 """
@@ -44,6 +47,7 @@ class DeltaspaceStats:
     reference_key: str | None = None
     reference_used: bool = False
     missing_references: dict[str, str] = field(default_factory=dict)  # delta key → reference
+    policies: dict[str, int] = field(default_factory=dict)  # reference policy → its deltas
     computed_at: float = field(default_factory=time.time)
 
     @property
@@ -58,6 +62,11 @@ class DeltaspaceStats:
     @property
     def saved_bytes(self) -> int:
         return self.original_bytes - self.stored_bytes
+
+    @property
+    def policy(self) -> str:
+        """The reference policies that wrote this deltaspace's deltas ('a+b'; 'none')."""
+        return "+".join(sorted(self.policies)) or "none"
 
     @property
     def orphaned(self) -> bool:
@@ -75,6 +84,8 @@ class DeltaspaceStats:
             "stored_bytes": self.stored_bytes,
             "ratio": self.ratio,
             "saved_bytes": self.saved_bytes,
+            "policy": self.policy,
+            "policies": dict(sorted(self.policies.items())),
             "reference_key": self.reference_key,
             "reference_size": self.reference_size,
             "reference_sha256": self.reference_sha256,
@@ -125,6 +136,8 @@ class BucketStats:
             "saved_bytes": t.saved_bytes,
             "ratio": t.ratio,
             "reference_bytes": t.reference_size,
+            "policy": t.policy,
+            "policies": dict(sorted(t.policies.items())),
             "orphaned_references": [
                 {"key": k, "size": v} for k, v in self.orphaned_references.items()
             ],
@@ -166,6 +179,14 @@ def _space_of(key: str) -> str:
     if is_keyframe_key(key):
         return key.split(KEYFRAME_DIR + "/", 1)[0].rstrip("/")
     return layout.deltaspace_of(key)
+
+
+def _policy_of(delta: ObjectRecord) -> str:
+    """The reference policy that wrote a delta (see the module docstring)."""
+    policy = delta.metadata.get(layout.META_POLICY)
+    if policy:
+        return policy
+    return "adaptive-compatible" if is_keyframe_key(delta.ref_key or "") else "deltaglider"
 
 
 @contextmanager
@@ -215,6 +236,8 @@ class _Tally:
         if record.kind == Kind.DELTA:
             s.delta_count += 1
             self.deltas.append(record)
+            policy = _policy_of(record)
+            s.policies[policy] = s.policies.get(policy, 0) + 1
         elif record.kind == Kind.DIRECT:
             s.direct_count += 1
         else:
@@ -230,6 +253,11 @@ class _Tally:
             elif not self._head_exists(ref_key):
                 space = self.space(layout.deltaspace_of(delta.stored_key))
                 space.missing_references[delta.stored_key] = ref_key
+        for ref_key in list(used):  # chain links: their parents are used too
+            parent = layout.chain_parent(self.refs[ref_key].metadata)
+            while parent is not None and parent[0] in self.refs and parent[0] not in used:
+                used.add(parent[0])
+                parent = layout.chain_parent(self.refs[parent[0]].metadata)
         for ref_key in used:
             space = self.space(_space_of(ref_key))
             space.reference_used = True
@@ -258,6 +286,8 @@ def _sum(prefix: str, parts: Iterable[DeltaspaceStats]) -> DeltaspaceStats:
         total.reference_size += s.reference_size
         total.reference_used = total.reference_used or s.reference_used
         total.missing_references.update(s.missing_references)
+        for policy, n in s.policies.items():
+            total.policies[policy] = total.policies.get(policy, 0) + n
     return total
 
 
@@ -316,6 +346,7 @@ def _xattr_values(s: DeltaspaceStats) -> dict[str, str]:
         "ratio": f"{s.ratio:.4f}",
         "saved-bytes": str(s.saved_bytes),
         "reference-size": str(s.reference_size),
+        "policy": s.policy,
         "computed-at": iso_time(s.computed_at),
     }
     if s.reference_sha256:

@@ -154,10 +154,13 @@ def _print_stats(result: corestats.BucketStats, detailed: bool) -> None:
     ):
         click.echo(f"  {label:<10} {human(value):>10}  ({value} bytes)")
     click.echo(f"  ratio      {t.ratio:.4f} (stored / original)")
+    click.echo(f"  policy     {t.policy} (reference policy of the deltas)")
     if not detailed:
         return
     click.echo("")
-    header = ("DELTASPACE", "FILES", "DELTA", "DIRECT", "PLAIN", "ORIGINAL", "STORED", "RATIO")
+    header = (
+        "DELTASPACE", "FILES", "DELTA", "DIRECT", "PLAIN", "ORIGINAL", "STORED", "RATIO", "POLICY"
+    )  # fmt: skip
     rows = [
         (
             p or "(root)",
@@ -168,6 +171,7 @@ def _print_stats(result: corestats.BucketStats, detailed: bool) -> None:
             human(s.original_bytes),
             human(s.stored_bytes),
             f"{s.ratio:.4f}",
+            s.policy,
         )
         for p, s in sorted(result.deltaspaces.items())
     ]

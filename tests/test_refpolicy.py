@@ -1,4 +1,5 @@
-"""Reference policies: adaptive keyframes round-trip, survive deletes, mix with deltaglider."""
+"""Reference policies: adaptive chains and adaptive-compatible keyframes round-trip, survive
+deletes in any order, mix with deltaglider in one deltaspace, and respect the decode bound."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from core import layout
+from core.cache import CacheSettings, ContentCache
+from core.chain import ChainPolicy
 from core.config import ConfigError, DeltaSettings, delta_settings_from_env
 from core.deltastore import DeltaStore
+from core.errors import IntegrityError
 from core.layout import Kind
 from core.refpolicy import (
     MAX_DECODES,
@@ -40,13 +44,31 @@ def drifting_series(count: int, seed: int) -> list[bytes]:
     return out
 
 
-def adaptive_store(objectstore, tmp_path: Path, name: str = "adaptive", **kw) -> DeltaStore:
+def adaptive_store(objectstore, tmp_path: Path, name: str = "adaptive", cache=None,
+                   **kw) -> DeltaStore:  # fmt: skip
+    """A store under `name` (adaptive: ChainPolicy, adaptive-compatible: AdaptivePolicy)."""
+    policy = None
+    if kw:
+        policy = ChainPolicy(**kw) if name == "adaptive" else AdaptivePolicy(name, **kw)
     return DeltaStore(
         objectstore,
         DeltaSettings(reference_policy=name),
+        cache=cache,
         workdir=tmp_path / f"work-{name}",
-        policy=AdaptivePolicy(name, **kw) if kw else None,
+        policy=policy,
     )
+
+
+def live_hidden(store: DeltaStore, keys) -> set[str]:
+    """Hidden references the files `keys` need: their references and chain ancestors."""
+    live = set()
+    for key in keys:
+        ref = store.stat(key).ref_key
+        while ref and is_keyframe_key(ref):
+            live.add(ref)
+            parent = layout.chain_parent(store.head_record(ref).metadata)
+            ref = parent[0] if parent else None
+    return live
 
 
 def keyframes(store: DeltaStore, prefix: str) -> list[str]:
@@ -63,8 +85,8 @@ def check_all(store: DeltaStore, expected: dict[str, bytes], tmp_path: Path) -> 
         store.get(key, out, rec)
         assert out.read_bytes() == data, key
         assert reconstruct_depth(store, rec) <= MAX_DECODES
-        if rec.kind == Kind.DELTA:
-            assert reconstruct_depth(store, rec) == 1  # adaptive and deltaglider: depth 1
+        if rec.kind == Kind.DELTA and rec.metadata.get(layout.META_POLICY) != "adaptive":
+            assert reconstruct_depth(store, rec) == 1  # compatible and deltaglider: depth 1
 
 
 def test_settings_and_factory():
@@ -75,7 +97,8 @@ def test_settings_and_factory():
     with pytest.raises(ConfigError):
         delta_settings_from_env({"DG_REFERENCE_POLICY": "chains"})
     assert isinstance(make_policy(None), DeltagliderPolicy)
-    assert make_policy("adaptive-compatible").custom_put
+    assert isinstance(make_policy("adaptive"), ChainPolicy)
+    assert isinstance(make_policy("adaptive-compatible"), AdaptivePolicy)
     with pytest.raises(ValueError):
         make_policy("nope")
     assert is_keyframe_key("a/.dgfs/refs/x/reference.bin")
@@ -124,9 +147,11 @@ def test_adaptive_stores_less_than_deltaglider_on_drift(bucket, s3_settings, tmp
     assert sizes["adaptive"] < sizes["deltaglider"]
 
 
-@pytest.mark.parametrize("seed", [4, 5])
-def test_adaptive_random_deletes_keep_everything_readable(objectstore, tmp_path, seed):
-    store = adaptive_store(objectstore, tmp_path, threshold=0.1)
+@pytest.mark.parametrize(
+    "name, seed", [("adaptive", 4), ("adaptive", 5), ("adaptive", 6), ("adaptive-compatible", 4)]
+)
+def test_adaptive_random_deletes_keep_everything_readable(objectstore, tmp_path, name, seed):
+    store = adaptive_store(objectstore, tmp_path, name, threshold=0.1)
     versions = drifting_series(12, seed)
     expected = {}
     for i, data in enumerate(versions):
@@ -140,15 +165,15 @@ def test_adaptive_random_deletes_keep_everything_readable(objectstore, tmp_path,
         store.delete(store.stat(key))
         del expected[key]
         check_all(store, expected, tmp_path)
-        used = {store.stat(k).ref_key for k in expected}
-        assert set(keyframes(store, "rel")) <= used  # no keyframe outlives its last delta
+        # no hidden reference outlives the last file that needs it
+        assert set(keyframes(store, "rel")) == live_hidden(store, expected)
     assert keyframes(store, "rel") == []
     assert [o.key for p in objectstore.list_pages("rel/", None) for o in p.objects] == []
     store.close()
 
 
 def test_overwrite_releases_keyframe(objectstore, tmp_path):
-    store = adaptive_store(objectstore, tmp_path, threshold=0.01)
+    store = adaptive_store(objectstore, tmp_path, "adaptive-compatible", threshold=0.01)
     a, b = drifting_series(2, 9)
     store.put(write(tmp_path / "a", a), "rel/base.bin")
     store.put(write(tmp_path / "b", b), "rel/x.bin")  # drifted: becomes a keyframe
@@ -159,29 +184,48 @@ def test_overwrite_releases_keyframe(objectstore, tmp_path):
     store.close()
 
 
+def test_overwrite_releases_chain_reference(objectstore, tmp_path):
+    store = adaptive_store(objectstore, tmp_path)
+    a, b = drifting_series(2, 9)
+    store.put(write(tmp_path / "a", a), "rel/base.bin")
+    store.put(write(tmp_path / "b", b), "rel/x.bin")  # a chain link on a's hidden reference
+    assert len(keyframes(store, "rel")) == 2
+    store.put(write(tmp_path / "a2", a), "rel/x.bin")  # same bytes: reuses a's reference
+    assert keyframes(store, "rel") == [store.stat("rel/base.bin").ref_key]
+    check_all(store, {"rel/base.bin": a, "rel/x.bin": a}, tmp_path)
+    store.close()
+
+
 def test_mixed_policies_in_one_deltaspace(objectstore, tmp_path):
     plain = DeltaStore(objectstore, DeltaSettings(), workdir=tmp_path / "w1")
-    adaptive = adaptive_store(objectstore, tmp_path, threshold=0.1)
-    versions = drifting_series(14, 11)
+    chain = adaptive_store(objectstore, tmp_path, threshold=0.5)
+    compatible = adaptive_store(objectstore, tmp_path, "adaptive-compatible", threshold=0.1)
+    stores = (plain, chain, compatible)
+    versions = drifting_series(15, 11)
     expected = {}
     for i, data in enumerate(versions):
-        store = adaptive if i % 3 else plain
         key = f"rel/m{i:02d}.zip"
-        store.put(write(tmp_path / "src" / f"{i}", data), key)
+        stores[i % 3].put(write(tmp_path / "src" / f"{i}", data), key)
         expected[key] = data
-    assert keyframes(adaptive, "rel")
-    for store in (plain, adaptive):
+    assert keyframes(chain, "rel")
+    for store in stores:
         check_all(store, expected, tmp_path)
+    from core.stats import deltaspace_stats
+
+    policies = deltaspace_stats(plain, "rel").policies  # deltaglider may store some direct
+    assert policies["adaptive"] == policies["adaptive-compatible"] == 5
+    assert 1 <= policies["deltaglider"] <= 5
     order = list(expected)
     random.Random(3).shuffle(order)
     for n, key in enumerate(order):
-        (plain if n % 2 else adaptive).delete(plain.stat(key))
+        stores[n % 3].delete(plain.stat(key))
         del expected[key]
         check_all(plain, expected, tmp_path)
-    collect_keyframes(adaptive, "rel")  # a deltaglider-policy store does not sweep keyframes
+        assert live_hidden(plain, expected) <= set(keyframes(plain, "rel"))
+    collect_keyframes(chain, "rel")  # a deltaglider-policy store does not sweep keyframes
     assert [o.key for p in objectstore.list_pages("rel/", None) for o in p.objects] == []
-    plain.close()
-    adaptive.close()
+    for store in stores:
+        store.close()
 
 
 def test_keyframes_are_readable_as_deltaglider_layout(objectstore, tmp_path):
@@ -201,8 +245,9 @@ def test_keyframes_are_readable_as_deltaglider_layout(objectstore, tmp_path):
     store.close()
 
 
-def test_rename_prefix_moves_keyframes(objectstore, tmp_path):
-    store = adaptive_store(objectstore, tmp_path, threshold=0.1)
+@pytest.mark.parametrize("name", ["adaptive", "adaptive-compatible"])
+def test_rename_prefix_moves_keyframes(objectstore, tmp_path, name):
+    store = adaptive_store(objectstore, tmp_path, name, threshold=0.1)
     versions = drifting_series(6, 17)
     for i, data in enumerate(versions):
         store.put(write(tmp_path / "src" / f"{i}", data), f"old/r{i}.zip")
@@ -211,10 +256,11 @@ def test_rename_prefix_moves_keyframes(objectstore, tmp_path):
     store.close()
 
 
-def test_stats_count_keyframes_in_the_deltaspace_they_serve(objectstore, tmp_path):
-    from core.stats import bucket_stats, deltaspace_stats
+@pytest.mark.parametrize("name", ["adaptive", "adaptive-compatible"])
+def test_stats_count_keyframes_in_the_deltaspace_they_serve(objectstore, tmp_path, name):
+    from core.stats import bucket_stats, deltaspace_stats, format_xattrs
 
-    store = adaptive_store(objectstore, tmp_path, threshold=0.1)
+    store = adaptive_store(objectstore, tmp_path, name, threshold=0.1)
     for i, data in enumerate(drifting_series(6, seed=3)):
         store.put(write(tmp_path / f"v{i}", data), f"rel/v{i}.bin")
     frames = keyframes(store, "rel")
@@ -227,3 +273,73 @@ def test_stats_count_keyframes_in_the_deltaspace_they_serve(objectstore, tmp_pat
     total = bucket_stats(store)
     assert total.total.stored_bytes == stored
     assert set(total.deltaspaces) == {"rel"}  # keyframes are not deltaspaces of their own
+    assert one_level.policy == total.total.policy == name
+    assert format_xattrs(one_level)["user.dg.dir.policy"] == name
+    assert total.to_json()["policies"] == {name: 6}
+    store.close()
+
+
+def test_chain_depth_never_exceeds_bound(objectstore, tmp_path):
+    """A long drifting series: links chain up to the bound, never past it, and every file
+    points at a hidden reference (never at a user file)."""
+    store = adaptive_store(objectstore, tmp_path)
+    versions = drifting_series(30, 21)
+    expected = {}
+    for i, data in enumerate(versions):
+        key = f"rel/s{i:02d}.zip"
+        store.put(write(tmp_path / "src" / f"{i}", data), key)
+        expected[key] = data
+    check_all(store, expected, tmp_path)
+    depths = [reconstruct_depth(store, store.stat(k)) for k in expected]
+    assert max(depths) == MAX_DECODES
+    for key in expected:
+        assert is_keyframe_key(store.stat(key).ref_key)
+    links = [store.head_record(k) for k in keyframes(store, "rel")]
+    roots = [r for r in links if layout.chain_parent(r.metadata) is None]
+    assert len(links) == 30 and 1 <= len(roots) < 10
+    total = sum(o.size for p in objectstore.list_pages("rel/", None) for o in p.objects)
+    assert total < 0.5 * sum(map(len, versions))
+    store.close()
+
+
+def test_chain_read_refuses_deeper_than_bound(objectstore, tmp_path):
+    """A chain written past the bound (here by a misconfigured writer) is an error naming the
+    key, never a silent deep read."""
+    store = adaptive_store(objectstore, tmp_path, threshold=2.0, slack=0.0)
+    store.policy.max_ref_depth = MAX_DECODES + 1
+    versions = drifting_series(7, 23)
+    for i, data in enumerate(versions):
+        store.put(write(tmp_path / "src" / f"{i}", data), f"rel/d{i}.zip")
+    rec = store.stat("rel/d6.zip")
+    assert reconstruct_depth(store, rec) > MAX_DECODES
+    with pytest.raises(IntegrityError, match="deeper than"):
+        store.get("rel/d6.zip", tmp_path / "out", rec)
+    store.get("rel/d2.zip", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == versions[2]
+    store.close()
+
+
+def test_chain_read_through_cache_decodes_once_per_link(objectstore, tmp_path, monkeypatch):
+    """Reading version n after n-1 through the cache: its reference's parent is cached, so one
+    decode, whatever the chain depth."""
+    from core import codec
+
+    cache = ContentCache(CacheSettings(cache_dir=tmp_path / "cache"))
+    writer = adaptive_store(objectstore, tmp_path)
+    versions = drifting_series(6, 25)
+    for i, data in enumerate(versions):
+        writer.put(write(tmp_path / "src" / f"{i}", data), f"rel/c{i}.zip")
+    writer.close()
+    reader = DeltaStore(objectstore, DeltaSettings(), cache=cache, workdir=tmp_path / "r")
+    decodes = []
+    real = codec.decode
+    monkeypatch.setattr(codec, "decode", lambda *a: (decodes.append(a), real(*a))[1])
+    for i, data in enumerate(versions):
+        decodes.clear()
+        with reader.open_cached(reader.stat(f"rel/c{i}.zip")) as entry:
+            entry.copy_to(tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == data
+        depth = reconstruct_depth(reader, reader.stat(f"rel/c{i}.zip"))
+        assert len(decodes) == (0 if depth == 1 else 1)
+    reader.close()
+    cache.close()

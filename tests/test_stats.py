@@ -31,6 +31,7 @@ XATTR_NAMES = {
     "saved-bytes",
     "reference-size",
     "reference-sha256",
+    "policy",
     "computed-at",
 }
 
@@ -232,6 +233,7 @@ def test_deltaspace_stats_and_xattrs(filled, objectstore):
     assert xattrs["user.dg.dir.reference-size"] == str(ref.size)
     assert xattrs["user.dg.dir.reference-sha256"] == ref.metadata["dg-file-sha256"]
     assert xattrs["user.dg.dir.computed-at"].endswith("Z")
+    assert xattrs["user.dg.dir.policy"] == stats.policy == "deltaglider"
 
     whole = bucket_stats(store)
     top = format_xattrs(root, root=True, bucket=whole)
