@@ -1,21 +1,25 @@
 """The `adaptive` reference policy: hidden references chained as xdelta3 deltas (dgfs-only).
 
-Every delta-eligible file becomes a hidden reference `{prefix}/.dgfs/refs/<stamp>-<sha16>/
-reference.bin` and the user file a zero-diff self-delta against it, so user files never serve
-as references and deleting one never breaks another. A hidden reference is stored either raw
-(a *root*, chain depth 0) or as an xdelta3 delta against a parent hidden reference
-(`dgfs-chain-parent`, `dgfs-chain-parent-sha256`, `dgfs-chain-depth` = parent's + 1).
+Hidden references live at `{prefix}/.dgfs/refs/<stamp>-<sha16>/reference.bin` and are stored
+either raw (a *root*, chain depth 0) or as an xdelta3 delta against a parent hidden reference
+(`dgfs-chain-parent`, `dgfs-chain-parent-sha256`, `dgfs-chain-depth` = parent's + 1, at most
+MAX_DECODES - 1). User files only ever point at hidden references, never at each other, so
+deleting a file never breaks another.
 
-Parent choice (online, per file): the newest hidden reference of each depth below
-MAX_DECODES - 1 is tried (most recent first, bounded encodes); among the deltas within
-`slack` of the smallest, the shallowest parent wins, which keeps shallow references fresh for
-later versions. When no candidate is related or the smallest delta exceeds `threshold` × the
-file, the file becomes a new raw root. Reading a file therefore costs at most MAX_DECODES
-sequential decodes: its own (zero-diff) plus at most MAX_DECODES - 1 chain links, each
-decoded chain reference cached by its sha256.
+Per file (online): the newest hidden reference of each depth is tried, most recent first,
+with bounded encodes, and the delta with the smallest `size × (1 + depth_penalty × depth of
+the result)` wins (shallow references stay fresh for later versions). Then:
+- parent shallower than the bound: the file becomes a new hidden reference (a delta against
+  the parent) and the user file a zero-diff self-delta against it;
+- parent at the bound: no later file could chain on this one, so the user file is simply a
+  delta against the parent (a *leaf*, no hidden reference of its own);
+- nothing related, or every delta above `threshold` × the file: a new raw root.
+Reading a file is therefore at most MAX_DECODES sequential decodes, its own included; each
+decoded hidden reference is cached by its sha256, so reading a series in order costs about
+one decode per file.
 
-deltaglider cannot read these files unless their hidden reference is a root: it fetches the
-chained reference's raw body, whose sha256 does not match `dg-ref-sha256`, and fails.
+deltaglider can only read the files whose reference is a root: for a chained one it fetches
+the link's raw body, whose sha256 does not match `dg-ref-sha256`, and fails.
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ class Choice:
     base: Path
     size: int
 
+    def score(self, penalty: float) -> float:
+        return self.size * (1 + penalty * (self.parent.depth + 1))
+
 
 def node_depth(meta: dict[str, str]) -> int:
     """Chain depth recorded on a hidden reference (0: raw; unreadable values count as max)."""
@@ -81,11 +88,12 @@ class ChainPolicy(ReferencePolicy):
     custom_put = True
     max_depth = MAX_DECODES
 
-    def __init__(self, threshold: float = 0.9, slack: float = 0.5, scan: int = 16) -> None:
+    def __init__(self, threshold: float = 0.9, depth_penalty: float = 0.7,
+                 scan: int = 16) -> None:  # fmt: skip
         self.threshold = threshold  # smallest delta / size above this → a new raw root
-        self.slack = slack  # a shallower parent wins when its delta is within (1 + slack) ×
+        self.depth_penalty = depth_penalty  # see the module docstring
         self.scan = scan  # newest hidden references HEADed per put when looking for parents
-        self.max_ref_depth = MAX_DECODES - 1  # the user file's own decode is the last one
+        self.max_node_depth = MAX_DECODES - 1  # the user file's own decode is the last one
         self._nodes: dict[str, Node] = {}  # hidden references seen (their sha never changes)
         self._lock = threading.Lock()
 
@@ -126,18 +134,19 @@ class ChainPolicy(ReferencePolicy):
             node = self._node(store, key)
             if node is None:
                 continue
-            if node.sha256 == sha and node.depth <= self.max_ref_depth:
+            if node.depth > self.max_node_depth:
+                continue
+            if node.sha256 == sha:
                 return node, []
-            if node.depth < self.max_ref_depth and node.depth not in found:
-                found[node.depth] = node
+            found.setdefault(node.depth, node)
         return None, [found[d] for d in sorted(found, reverse=True)]
 
     def _choose(self, store, src: Path, name: str, size: int, nodes: list[Node],
                 tmp: Path) -> Choice | None:  # fmt: skip
-        """Encode against each candidate (bounded); the shallowest delta within slack of the
-        smallest, or None when nothing is related or every delta exceeds the threshold."""
+        """Encode against each candidate (bounded); the best score, or None when nothing is
+        related or every delta exceeds the threshold (a leaf also needs `max_ratio`)."""
         head = sniff(src)
-        done: list[Choice] = []
+        best: Choice | None = None
         for i, node in enumerate(nodes):
             base, delta = tmp / f"base{i}", tmp / f"delta{i}"
             try:
@@ -149,17 +158,21 @@ class ChainPolicy(ReferencePolicy):
             same_suffix = suffix_of(name) == suffix_of(node.source_name) != ""
             if not looks_related(head, sniff(base), same_suffix):
                 continue
-            limit = self.threshold * size
-            if done:
-                limit = min(limit, (1 + self.slack) * min(c.size for c in done))
+            ratio = self.threshold
+            if node.depth == self.max_node_depth:
+                ratio = min(ratio, store.settings.max_ratio)
+            limit = ratio * size
+            if best is not None:  # only a better score is of any use
+                weight = 1 + self.depth_penalty * (node.depth + 1)
+                limit = min(limit, best.score(self.depth_penalty) / weight)
             n = codec.encode(base, src, delta, int(limit))
             if n is not None:
-                done.append(Choice(node, delta, base, n))
-        if not done:
-            return None
-        best = min(c.size for c in done)
-        ok = [c for c in done if c.size <= (1 + self.slack) * best]
-        return min(ok, key=lambda c: (c.parent.depth, c.size))
+                choice = Choice(node, delta, base, n)
+                if best is None or choice.score(self.depth_penalty) < best.score(
+                    self.depth_penalty
+                ):
+                    best = choice
+        return best
 
     # ---------------------------------------------------------------- put
 
@@ -171,26 +184,30 @@ class ChainPolicy(ReferencePolicy):
             choice = None
             if node is None:
                 choice = self._choose(store, src, name, size, nodes, tmp)
-                node = self._write_node(store, prefix, src, sha, name, choice)
-            delta = tmp / "self.delta"
-            codec.encode(src, src, delta)
+            if choice is not None and choice.parent.depth == self.max_node_depth:
+                ref, delta, local = choice.parent, choice.delta, choice.base  # a leaf
+            else:
+                if node is None:
+                    node = self._write_node(store, prefix, src, sha, name, choice)
+                ref, delta, local = node, tmp / "self.delta", src
+                codec.encode(src, src, delta)
             delta_size = delta.stat().st_size
             meta = layout.delta_metadata(
-                store.tool, name, sha, size, node.key, sha, delta_size, zero_diff=True
+                store.tool, name, sha, size, ref.key, ref.sha256, delta_size, ref.sha256 == sha
             )
             meta = layout.fit_metadata({**meta, layout.META_POLICY: self.name, **extra})
             store.store.put_file(layout.delta_key(logical_key), delta, layout.encode_metadata(meta))
-            store.ensure_reference(node.key, sha, name, src)
-            if choice is not None:
+            store.ensure_reference(ref.key, ref.sha256, ref.source_name, local)
+            if choice is not None and ref is not choice.parent:
                 p = choice.parent
                 store.ensure_reference(p.key, p.sha256, p.source_name, choice.base)
         self._cache(store, src, sha)
-        if old_ref and old_ref != node.key and is_keyframe_key(old_ref):
+        if old_ref and old_ref != ref.key and is_keyframe_key(old_ref):
             self.release(store, prefix)  # the overwritten delta may have been its last user
         record = store._written(
             layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta
         )
-        return replace(record, ref_key=node.key, ref_sha256=sha)
+        return replace(record, ref_key=ref.key, ref_sha256=ref.sha256)
 
     def _write_node(self, store, prefix: str, src: Path, sha: str, name: str,
                     choice: Choice | None) -> Node:  # fmt: skip
@@ -216,8 +233,8 @@ class ChainPolicy(ReferencePolicy):
         return node
 
     def _cache(self, store, src: Path, sha: str) -> None:
-        """Keep the new reference's plaintext in the read cache: the next version of the
-        series encodes against it, and reading this file back costs no decode."""
+        """Keep the file's plaintext in the read cache: the next version of the series
+        encodes against it, and reading this file back costs no decode."""
         if store.cache is None:
             return
         try:
