@@ -346,3 +346,63 @@ def test_chain_read_through_cache_decodes_once_per_link(objectstore, tmp_path, m
         assert len(decodes) == (0 if raw_root else 1)
     reader.close()
     cache.close()
+
+
+def test_chain_writer_restores_a_parent_collected_during_its_put(objectstore, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    """Writer half of the delete protocol: a collector removes the (then unused) parent
+    between the writer's encode and its PUT; the writer puts it back, raw, from its copy."""
+    store = adaptive_store(objectstore, tmp_path)
+    other = adaptive_store(objectstore, tmp_path, "adaptive", threshold=0.9)
+    v0, v1, v2 = drifting_series(3, 27)
+    store.put(write(tmp_path / "a", v0), "rel/a.zip")
+    store.put(write(tmp_path / "b", v1), "rel/b.zip")
+    for key in ("rel/a.zip.delta", "rel/b.zip.delta"):
+        objectstore.delete(key)  # files gone without a sweep: their references are unused
+    parents = keyframes(store, "rel")
+    real = ChainPolicy._write_node
+    swept = []
+
+    def write_node_after_sweep(self, *args):
+        swept.extend(collect_keyframes(other, "rel"))
+        return real(self, *args)
+
+    monkeypatch.setattr(ChainPolicy, "_write_node", write_node_after_sweep)
+    rec = store.put(write(tmp_path / "c", v2), "rel/c.zip")
+    assert set(swept) == set(parents)
+    parent = layout.chain_parent(store.head_record(rec.ref_key).metadata)
+    assert parent is not None and parent[0] in parents  # a link on a swept reference...
+    assert store.head_record(parent[0]).sha256 == parent[1]  # ...which the writer restored
+    check_all(store, {"rel/c.zip": v2}, tmp_path)
+    store.close()
+    other.close()
+
+
+def test_chain_collector_restores_links_a_delta_appeared_on(objectstore, tmp_path, monkeypatch):
+    """Collector half: a delta lands on a link between the collector's delete and its re-list;
+    the link and its parent are put back (parent first) and the file reads."""
+    import core.refpolicy as refpolicy
+
+    store = adaptive_store(objectstore, tmp_path)
+    v0, v1 = drifting_series(2, 29)
+    store.put(write(tmp_path / "a", v0), "rel/a.zip")
+    store.put(write(tmp_path / "b", v1), "rel/b.zip")
+    assert reconstruct_depth(store, store.stat("rel/b.zip")) == 2
+    saved = tmp_path / "b.delta"
+    with saved.open("wb") as f:
+        info, _ = objectstore.download("rel/b.zip.delta", f)
+    for key in ("rel/a.zip.delta", "rel/b.zip.delta"):
+        objectstore.delete(key)
+    real, calls = refpolicy._used_refs, []
+
+    def used_refs_with_late_writer(*args):
+        calls.append(1)
+        if len(calls) == 2:  # after the delete, before the re-list
+            objectstore.put_file("rel/b.zip.delta", saved, info.metadata)
+        return real(*args)
+
+    monkeypatch.setattr(refpolicy, "_used_refs", used_refs_with_late_writer)
+    removed = collect_keyframes(store, "rel")
+    assert removed == []
+    check_all(store, {"rel/b.zip": v1}, tmp_path)
+    store.close()
