@@ -220,8 +220,9 @@ def gc_cmd(url: str, apply_: bool, as_json: bool, endpoint_url: str | None) -> N
     """Find orphaned references under s3://BUCKET[/PREFIX]; delete them with --apply.
 
     An orphaned reference is a reference.bin that no delta uses any more (deltaglider's
-    CLI leaves them behind). Each deltaspace is listed again right before its reference
-    is deleted; one where a delta appeared meanwhile is skipped.
+    CLI leaves them behind), or a hidden reference of the adaptive policies that no delta
+    uses, directly or through a chain. Each deltaspace is listed again right after its
+    references are deleted; one a delta appeared on meanwhile is restored (skipped).
 
     \b
     Examples:
@@ -235,8 +236,8 @@ def gc_cmd(url: str, apply_: bool, as_json: bool, endpoint_url: str | None) -> N
         with progress(show_progress(as_json), "objects examined:") as tick:
             orphans = corestats.bucket_stats(store, prefix, progress=tick).orphaned_references
         if apply_:
-            for key in sorted(orphans):
-                (removed if corestats.remove_orphan(store, key) else skipped).append(key)
+            removed = corestats.remove_orphans(store, orphans)
+            skipped = sorted(set(orphans) - set(removed))
     if as_json:
         out = {
             "bucket": bucket,

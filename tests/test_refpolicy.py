@@ -406,3 +406,27 @@ def test_chain_collector_restores_links_a_delta_appeared_on(objectstore, tmp_pat
     assert removed == []
     check_all(store, {"rel/b.zip": v1}, tmp_path)
     store.close()
+
+
+def test_stats_report_orphaned_links_and_missing_chain_parents(objectstore, tmp_path):
+    from core.stats import bucket_stats, remove_orphans
+
+    store = adaptive_store(objectstore, tmp_path)
+    v0, v1, v2 = drifting_series(3, 31)
+    for name, data in (("a", v0), ("b", v1), ("c", v2)):
+        store.put(write(tmp_path / name, data), f"rel/{name}.zip")
+    assert bucket_stats(store).orphaned_references == {}
+    c_ref = store.stat("rel/c.zip").ref_key
+    objectstore.delete("rel/c.zip.delta")  # no sweep: c's link (if it has one) is orphaned
+    chain_of_b = live_hidden(store, ["rel/a.zip", "rel/b.zip"])
+    orphans = bucket_stats(store).orphaned_references
+    assert set(orphans) == {c_ref} - chain_of_b
+    assert remove_orphans(store, orphans) == sorted(orphans)
+    assert set(keyframes(store, "rel")) == chain_of_b
+    b_link = store.stat("rel/b.zip").ref_key
+    parent = layout.chain_parent(store.head_record(b_link).metadata)
+    assert parent is not None
+    objectstore.delete(parent[0])  # damage: b's link lost its parent
+    missing = bucket_stats(store).missing_references
+    assert missing["rel/b.zip.delta"] == parent[0]
+    store.close()
