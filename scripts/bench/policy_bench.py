@@ -143,7 +143,7 @@ def run_policy(s3, policy: str, paths: list[Path], tmp: Path) -> dict:
                 enc += time.perf_counter() - t
         finally:
             store.close()
-    depth = 0
+    depths = {}
     with ContentCache(CacheSettings(cache_dir=tmp / f"cache-r-{bucket}")) as cache:
         reader = DeltaStore(objects, settings, cache=cache, workdir=tmp / f"r-{bucket}")
         try:
@@ -153,7 +153,17 @@ def run_policy(s3, policy: str, paths: list[Path], tmp: Path) -> dict:
                     entry.copy_to(tmp / "out")
                 dec += time.perf_counter() - t
                 assert (tmp / "out").read_bytes() == p.read_bytes(), p.name
-                depth = max(depth, reconstruct_depth(reader, reader.stat(f"rel/{p.name}")))
+                depths[p] = reconstruct_depth(reader, reader.stat(f"rel/{p.name}"))
+        finally:
+            reader.close()
+    deepest = max(paths, key=lambda p: (depths[p], paths.index(p)))
+    with ContentCache(CacheSettings(cache_dir=tmp / f"cache-1-{bucket}")) as cache:
+        reader = DeltaStore(objects, settings, cache=cache, workdir=tmp / f"1-{bucket}")
+        try:
+            t = time.perf_counter()
+            with reader.open_cached(reader.stat(f"rel/{deepest.name}")) as entry:
+                entry.copy_to(tmp / "out")
+            cold = time.perf_counter() - t
         finally:
             reader.close()
     listed = [o for page in objects.list_pages("rel/", None) for o in page.objects]
@@ -162,7 +172,8 @@ def run_policy(s3, policy: str, paths: list[Path], tmp: Path) -> dict:
         "hidden": sum("/.dgfs/refs/" in o.key for o in listed),
         "encode_s": enc / len(paths),
         "decode_s": dec / len(paths),
-        "max_depth": depth,
+        "deepest_cold_s": cold,
+        "max_depth": max(depths.values()),
     }
 
 
@@ -206,6 +217,8 @@ def print_table(rows: list[dict]) -> None:
         + " ".join(f"{'enc ' + short[p]:>10}" for p in POLICIES)
         + " | "
         + " ".join(f"{'dec ' + short[p]:>10}" for p in POLICIES)
+        + " | "
+        + " ".join(f"{'cold ' + short[p]:>10}" for p in POLICIES)
         + " | depth"
     )
     for r in rows:
@@ -219,14 +232,17 @@ def print_table(rows: list[dict]) -> None:
             + " | "
             + " ".join(f"{r[p]['decode_s']:>10.3f}" for p in POLICIES)
             + " | "
+            + " ".join(f"{r[p]['deepest_cold_s']:>10.3f}" for p in POLICIES)
+            + " | "
             + "/".join(str(r[p]["max_depth"]) for p in POLICIES)
         )
     print(
         "stored/original: dg = deltaglider policy, compat = adaptive-compatible, adapt = "
         "adaptive, chain = xdelta3 vs previous, zstd = -19 --long=31 over the series; "
         "ad/zs = adaptive / zstd (goal <= 1.25); hidden = hidden references compat/adapt; "
-        "enc/dec = seconds per file (put, then a cold-cache read in order); depth = max "
-        "sequential decodes per file, dg/compat/adapt"
+        "enc/dec = seconds per file (put, then a cold-cache read in order); cold = seconds "
+        "to read the deepest file with an empty cache; depth = max sequential decodes per "
+        "file, dg/compat/adapt"
     )
 
 
