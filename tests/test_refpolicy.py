@@ -430,3 +430,33 @@ def test_stats_report_orphaned_links_and_missing_chain_parents(objectstore, tmp_
     missing = bucket_stats(store).missing_references
     assert missing["rel/b.zip.delta"] == parent[0]
     store.close()
+
+
+def test_chain_writers_and_deleters_in_parallel(objectstore, tmp_path):
+    """Two adaptive stores (as two mounts would) write a series while a third deletes older
+    files of the same directory: every file left reads, no hidden reference is missing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.stats import bucket_stats
+
+    versions = drifting_series(24, 33)
+    stores = [adaptive_store(objectstore, tmp_path / f"s{i}") for i in range(3)]
+    for i in range(8):
+        stores[2].put(write(tmp_path / "old" / f"{i}", versions[i]), f"rel/p{i:02d}.zip")
+
+    def writer(n: int) -> None:
+        for i in range(8 + n, 24, 2):
+            stores[n].put(write(tmp_path / f"w{n}" / f"{i}", versions[i]), f"rel/p{i:02d}.zip")
+
+    def deleter() -> None:
+        for i in range(8):
+            stores[2].delete(stores[2].stat(f"rel/p{i:02d}.zip"))
+
+    with ThreadPoolExecutor(3) as pool:
+        for f in [pool.submit(writer, 0), pool.submit(writer, 1), pool.submit(deleter)]:
+            f.result()
+    expected = {f"rel/p{i:02d}.zip": versions[i] for i in range(8, 24)}
+    check_all(stores[0], expected, tmp_path)
+    assert bucket_stats(stores[0]).missing_references == {}
+    for store in stores:
+        store.close()

@@ -144,6 +144,7 @@ def test_stats_human_table(filled, bucket):
     assert result.returncode == 0, result.stderr
     assert "ratio" in result.stdout and "DELTASPACE" in result.stdout
     assert "releases" in result.stdout and "(root)" in result.stdout
+    assert "POLICY" in result.stdout and "policy     deltaglider" in result.stdout
     assert "\r" not in result.stderr  # no progress indicator when stderr is not a TTY
 
 
