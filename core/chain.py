@@ -6,9 +6,10 @@ either raw (a *root*, chain depth 0) or as an xdelta3 delta against a parent hid
 MAX_DECODES - 1). User files only ever point at hidden references, never at each other, so
 deleting a file never breaks another.
 
-Per file (online): the newest hidden reference of each depth is tried, most recent first,
-with bounded encodes, and the delta with the smallest `size × (1 + depth_penalty × depth of
-the result)` wins (shallow references stay fresh for later versions). Then:
+Per file (online): one hidden reference of each depth is tried (the newest of those whose
+source name looks most like the file's, numbers ignored), deepest first, with bounded
+encodes, and the delta with the smallest `size × (1 + depth_penalty × depth of the result)`
+wins (shallow references stay fresh for later versions). Then:
 - parent shallower than the bound: the file becomes a new hidden reference (a delta against
   the parent) and the user file a zero-diff self-delta against it;
 - parent at the bound: no later file could chain on this one, so the user file is simply a
@@ -25,6 +26,8 @@ the link's raw body, whose sha256 does not match `dg-ref-sha256`, and fails.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import threading
 import time
@@ -39,6 +42,7 @@ from core.policy import looks_related, sniff, suffix_of
 from core.refpolicy import (
     MAX_DECODES,
     ReferencePolicy,
+    chain_depth,
     collect_keyframes,
     current_ref_key,
     hidden_reference_keys,
@@ -75,10 +79,13 @@ class Choice:
         return self.size * (1 + penalty * (self.parent.depth + 1))
 
 
-def node_depth(meta: dict[str, str]) -> int:
-    """Chain depth recorded on a hidden reference (0: raw; unreadable values count as max)."""
-    value = meta.get(layout.META_CHAIN_DEPTH, "0" if layout.chain_parent(meta) is None else "")
-    return int(value) if value.isdigit() else MAX_DECODES
+def _family(name: str) -> str:
+    """A file name with its numbers blanked: versions of one series share it."""
+    return re.sub(r"[0-9]+", "#", name)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    return len(os.path.commonprefix([a, b]))
 
 
 class ChainPolicy(ReferencePolicy):
@@ -86,10 +93,9 @@ class ChainPolicy(ReferencePolicy):
 
     name = "adaptive"
     custom_put = True
-    max_depth = MAX_DECODES
 
     def __init__(self, threshold: float = 0.9, depth_penalty: float = 0.7,
-                 scan: int = 16) -> None:  # fmt: skip
+                 scan: int = 64) -> None:  # fmt: skip
         self.threshold = threshold  # smallest delta / size above this → a new raw root
         self.depth_penalty = depth_penalty  # see the module docstring
         self.scan = scan  # newest hidden references HEADed per put when looking for parents
@@ -113,7 +119,7 @@ class ChainPolicy(ReferencePolicy):
         if not rec.sha256:
             return None
         node = Node(
-            key, rec.sha256, node_depth(rec.metadata), rec.metadata.get("dg-source-name", "")
+            key, rec.sha256, chain_depth(rec.metadata), rec.metadata.get("dg-source-name", "")
         )
         self._remember(node)
         return node
@@ -126,18 +132,22 @@ class ChainPolicy(ReferencePolicy):
 
     # ---------------------------------------------------------------- candidates
 
-    def candidates(self, store, prefix: str, sha: str) -> tuple[Node | None, list[Node]]:
-        """(a hidden reference already holding `sha` or None, the newest hidden reference of
-        each usable depth, deepest first) among the `scan` newest."""
-        found: dict[int, Node] = {}
-        for key in hidden_reference_keys(store, prefix)[: self.scan]:
+    def candidates(self, store, prefix: str, sha: str,
+                   name: str) -> tuple[Node | None, list[Node]]:  # fmt: skip
+        """(a hidden reference already holding `sha` or None, one hidden reference per usable
+        depth, deepest first) among the `scan` newest: per depth the newest of those whose
+        source name is most like `name` (so interleaved series chain on their own kind)."""
+        family = _family(name)
+        scanned = []
+        for age, key in enumerate(hidden_reference_keys(store, prefix)[: self.scan]):
             node = self._node(store, key)
-            if node is None:
-                continue
-            if node.depth > self.max_node_depth:
+            if node is None or node.depth > self.max_node_depth:
                 continue
             if node.sha256 == sha:
                 return node, []
+            scanned.append((-_common_prefix(family, _family(node.source_name)), age, node))
+        found: dict[int, Node] = {}
+        for _, _, node in sorted(scanned, key=lambda t: t[:2]):
             found.setdefault(node.depth, node)
         return None, [found[d] for d in sorted(found, reverse=True)]
 
@@ -180,7 +190,7 @@ class ChainPolicy(ReferencePolicy):
                   sha: str, extra: dict[str, str]) -> ObjectRecord | None:  # fmt: skip
         old_ref = current_ref_key(store, logical_key)
         with store._scratch() as tmp:
-            node, nodes = self.candidates(store, prefix, sha)
+            node, nodes = self.candidates(store, prefix, sha, name)
             choice = None
             if node is None:
                 choice = self._choose(store, src, name, size, nodes, tmp)

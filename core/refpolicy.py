@@ -85,7 +85,6 @@ class ReferencePolicy:
 
     name = DEFAULT_POLICY
     custom_put = False
-    max_depth = 1
 
     def put_delta(self, store, src: Path, logical_key: str, prefix: str, name: str, size: int,
                   sha: str, extra: dict[str, str]) -> ObjectRecord | None:  # fmt: skip
@@ -272,7 +271,7 @@ def collect_keyframes(store, prefix: str) -> list[str]:
             except NotFound:
                 continue
             kept[key] = (path, info.metadata or {})
-        by_depth = sorted(kept, key=lambda k: _depth(layout.decode_metadata(kept[k][1])))
+        by_depth = sorted(kept, key=lambda k: chain_depth(layout.decode_metadata(kept[k][1])))
         for key in reversed(by_depth):
             store.store.delete(key)
         known = {k: layout.decode_metadata(meta) for k, (_, meta) in kept.items()}
@@ -289,8 +288,9 @@ def collect_keyframes(store, prefix: str) -> list[str]:
     return removed
 
 
-def _depth(meta: dict[str, str]) -> int:
-    value = meta.get(layout.META_CHAIN_DEPTH, "0")
+def chain_depth(meta: dict[str, str]) -> int:
+    """Chain depth recorded on a hidden reference (0: raw; unreadable values count as max)."""
+    value = meta.get(layout.META_CHAIN_DEPTH, "0" if layout.chain_parent(meta) is None else "")
     return int(value) if value.isdigit() else MAX_DECODES
 
 

@@ -460,3 +460,23 @@ def test_chain_writers_and_deleters_in_parallel(objectstore, tmp_path):
     assert bucket_stats(stores[0]).missing_references == {}
     for store in stores:
         store.close()
+
+
+def test_chain_interleaved_series_chain_on_their_own_kind(objectstore, tmp_path):
+    """Two unrelated series written alternately into one directory: each chains on its own
+    versions (names alike once numbers are ignored), not on the newest unrelated file."""
+    a, b = drifting_series(10, 41), drifting_series(10, 42)
+    store = adaptive_store(objectstore, tmp_path)
+    expected = {}
+    for i in range(10):
+        for name, data in ((f"rel/alpha-1.{i}.zip", a[i]), (f"rel/beta-2.{i}.zip", b[i])):
+            store.put(write(tmp_path / "src" / name.replace("/", "_"), data), name)
+            expected[name] = data
+    check_all(store, expected, tmp_path)
+    roots = [
+        k for k in keyframes(store, "rel") if not layout.chain_parent(store.head_record(k).metadata)
+    ]
+    assert len(roots) <= 4
+    total = sum(o.size for p in objectstore.list_pages("rel/", None) for o in p.objects)
+    assert total < 0.3 * sum(map(len, expected.values()))
+    store.close()
