@@ -6,10 +6,11 @@ either raw (a *root*, chain depth 0) or as an xdelta3 delta against a parent hid
 MAX_DECODES - 1). User files only ever point at hidden references, never at each other, so
 deleting a file never breaks another.
 
-Per file (online): one hidden reference of each depth is tried (the newest of those whose
-source name looks most like the file's, numbers ignored), deepest first, with bounded
-encodes, and the delta with the smallest `size × (1 + depth_penalty × depth of the result)`
-wins (shallow references stay fresh for later versions). Then:
+Per file (online): one hidden reference of each depth is tried (the newest whose source
+name has the file's stem before the first digit and suffix, else the newest), deepest
+first, with bounded encodes, and the delta with the smallest
+`size × (1 + depth_penalty × depth of the result)` wins (shallow references stay fresh for
+later versions). Then:
 - parent shallower than the bound: the file becomes a new hidden reference (a delta against
   the parent) and the user file a zero-diff self-delta against it;
 - parent at the bound: no later file could chain on this one, so the user file is simply a
@@ -26,7 +27,6 @@ the link's raw body, whose sha256 does not match `dg-ref-sha256`, and fails.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import threading
@@ -79,13 +79,9 @@ class Choice:
         return self.size * (1 + penalty * (self.parent.depth + 1))
 
 
-def _family(name: str) -> str:
-    """A file name with its numbers blanked: versions of one series share it."""
-    return re.sub(r"[0-9]+", "#", name)
-
-
-def _common_prefix(a: str, b: str) -> int:
-    return len(os.path.commonprefix([a, b]))
+def _family(name: str) -> tuple[str, str]:
+    """What versions of one series share: the name before its first digit, and its suffix."""
+    return re.match(r"[^0-9]*", name).group(), suffix_of(name)
 
 
 class ChainPolicy(ReferencePolicy):
@@ -135,8 +131,8 @@ class ChainPolicy(ReferencePolicy):
     def candidates(self, store, prefix: str, sha: str,
                    name: str) -> tuple[Node | None, list[Node]]:  # fmt: skip
         """(a hidden reference already holding `sha` or None, one hidden reference per usable
-        depth, deepest first) among the `scan` newest: per depth the newest of those whose
-        source name is most like `name` (so interleaved series chain on their own kind)."""
+        depth, deepest first) among the `scan` newest: per depth the newest of the same
+        family as `name` if any (so interleaved series chain on their own kind)."""
         family = _family(name)
         scanned = []
         for age, key in enumerate(hidden_reference_keys(store, prefix)[: self.scan]):
@@ -145,7 +141,7 @@ class ChainPolicy(ReferencePolicy):
                 continue
             if node.sha256 == sha:
                 return node, []
-            scanned.append((-_common_prefix(family, _family(node.source_name)), age, node))
+            scanned.append((_family(node.source_name) != family, age, node))
         found: dict[int, Node] = {}
         for _, _, node in sorted(scanned, key=lambda t: t[:2]):
             found.setdefault(node.depth, node)
