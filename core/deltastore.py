@@ -25,7 +25,7 @@ from core.hashing import sha256_file
 from core.layout import Kind, ObjectRecord, PosixAttrs
 from core.objectstore import ObjectInfo, ObjectStore
 from core.policy import looks_related, may_delta, sniff, suffix_of
-from core.refpolicy import ReferencePolicy, make_policy
+from core.refpolicy import MAX_DECODES, ReferencePolicy, make_policy
 from core.scratch import private_dir
 
 log = logging.getLogger("dgfs.store")
@@ -218,24 +218,51 @@ class DeltaStore:
         with self._refs_lock:
             self._refs.pop(prefix, None)
 
-    def _fetch_verified(self, key: str, sha256: str, out: Path) -> None:
-        """Download `key` into `out` and check its SHA-256 (IntegrityError naming the key)."""
-        with out.open("wb") as f:
-            _, digest = self.store.download(key, f)
-        if digest != sha256:
-            raise IntegrityError(f"{key}: sha256 mismatch (expected {sha256}, got {digest})")
+    def _fetch_verified(
+        self, key: str, sha256: str, out: Path, chain: tuple[str, ...] = ()
+    ) -> None:
+        """Download `key` into `out` and check its SHA-256 (IntegrityError naming the key).
 
-    def _reference_file(self, ref_key: str, ref_sha256: str, out: Path) -> None:
-        """Materialise a verified reference into `out`, through the cache when there is one."""
+        A dgfs chain reference (body: a delta against its parent hidden reference) is decoded
+        against its parent, materialised the same way. `chain`: the keys being decoded above
+        this one; each counts as one sequential decode, bounded by MAX_DECODES (and cycles
+        are refused).
+        """
+        with out.open("wb") as f:
+            info, digest = self.store.download(key, f)
+        if digest == sha256:
+            return
+        parent = layout.chain_parent(layout.decode_metadata(info.metadata or {}))
+        if parent is None:
+            raise IntegrityError(f"{key}: sha256 mismatch (expected {sha256}, got {digest})")
+        chain = (*chain, key)
+        if len(chain) > MAX_DECODES or parent[0] in chain:
+            raise IntegrityError(f"{key}: reference chain deeper than {MAX_DECODES} decodes")
+        with self._scratch() as tmp:
+            delta, base = tmp / "delta", tmp / "base"
+            shutil.move(out, delta)
+            self._reference_file(parent[0], parent[1], base, chain)
+            try:
+                codec.decode(base, delta, out)
+            except Exception as exc:
+                raise IntegrityError(f"{key}: cannot decode chain reference ({exc})") from None
+        if sha256_file(out) != sha256:
+            raise IntegrityError(f"{key}: decoded chain reference sha256 mismatch")
+
+    def _reference_file(
+        self, ref_key: str, ref_sha256: str, out: Path, chain: tuple[str, ...] = ()
+    ) -> None:
+        """Materialise a verified reference into `out`, through the cache when there is one
+        (a chain reference is cached decoded, by its sha256)."""
         if self.cache is None:
-            self._fetch_verified(ref_key, ref_sha256, out)
+            self._fetch_verified(ref_key, ref_sha256, out, chain)
             return
         try:
             entry = self.cache.get_or_create(
-                ref_sha256, lambda tmp: self._fetch_verified(ref_key, ref_sha256, tmp)
+                ref_sha256, lambda tmp: self._fetch_verified(ref_key, ref_sha256, tmp, chain)
             )
         except NotCacheable:
-            self._fetch_verified(ref_key, ref_sha256, out)
+            self._fetch_verified(ref_key, ref_sha256, out, chain)
             return
         with entry:
             entry.copy_to(out)
@@ -444,7 +471,7 @@ class DeltaStore:
             # zero-diff: the file is the reference itself (and fetching it through the cache
             # here would wait on the very cache entry this call is producing)
             try:
-                self._fetch_verified(record.ref_key, record.ref_sha256, out)
+                self._fetch_verified(record.ref_key, record.ref_sha256, out, (record.stored_key,))
             except NotFound:
                 raise _missing_reference(record) from None
             return
@@ -458,7 +485,9 @@ class DeltaStore:
         with private_dir(base) as tmp:
             ref_path, delta_path = tmp / "reference", tmp / "delta"
             try:
-                self._reference_file(record.ref_key, record.ref_sha256, ref_path)
+                self._reference_file(
+                    record.ref_key, record.ref_sha256, ref_path, (record.stored_key,)
+                )
             except NotFound:
                 raise _missing_reference(record) from None
             with delta_path.open("wb") as f:
@@ -626,10 +655,11 @@ class DeltaStore:
     def rename_prefix(self, old: str, new: str, limit: int) -> int:
         """Move every object under `old/` to `new/` (copy then delete; not atomic).
 
-        Delta metadata that points at a reference under `old/` is rewritten to the moved
-        reference. More than `limit` objects → TooManyObjects (the caller falls back, e.g. EXDEV
-        so that `mv` copies). References are copied first and deleted last, so every delta
-        stays readable at every moment. Returns the number of objects moved.
+        Delta (and chain reference) metadata that points at a reference under `old/` is
+        rewritten to the moved reference. More than `limit` objects → TooManyObjects (the
+        caller falls back, e.g. EXDEV so that `mv` copies). References are copied first and
+        deleted last, so every delta stays readable at every moment. Returns the number of
+        objects moved.
         """
         objects = [o for page in self.store.list_pages(old + "/", None) for o in page.objects]
         if len(objects) > limit:
@@ -638,9 +668,10 @@ class DeltaStore:
         for obj in objects:
             new_key = new + obj.key[len(old) :]
             meta = layout.decode_metadata(self.store.head(obj.key).metadata or {})
-            ref_key = meta.get("dg-ref-key", "")
-            if ref_key.startswith(old + "/"):
-                meta["dg-ref-key"] = new + ref_key[len(old) :]
+            for field_name in ("dg-ref-key", layout.META_CHAIN_PARENT):
+                ref_key = meta.get(field_name, "")
+                if ref_key.startswith(old + "/"):
+                    meta[field_name] = new + ref_key[len(old) :]
             self.store.copy(obj.key, new_key, layout.encode_metadata(layout.fit_metadata(meta)))
         for obj in reversed(objects):
             self.store.delete(obj.key)

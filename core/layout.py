@@ -27,6 +27,12 @@ ENCODED_SUFFIX = "?="
 META_MODE, META_UID, META_GID, META_MTIME = "dgfs-mode", "dgfs-uid", "dgfs-gid", "dgfs-mtime"
 XATTR_META_PREFIX = "dgfs-x-"
 XATTR_HEX_PREFIX = "dgfs-xh-"
+# dgfs-only reference chains (the `adaptive` policy): a hidden reference whose body is a delta
+# against its parent hidden reference; deltaglider ignores these keys and fails the sha check
+META_CHAIN_PARENT = "dgfs-chain-parent"
+META_CHAIN_PARENT_SHA = "dgfs-chain-parent-sha256"
+META_CHAIN_DEPTH = "dgfs-chain-depth"
+META_POLICY = "dgfs-policy"  # the reference policy that wrote a delta (absent: deltaglider's)
 _SAFE_XATTR = re.compile(r"[a-z0-9._-]+")
 
 
@@ -100,6 +106,12 @@ def delta_key(logical_key: str) -> str:
 def reference_for_ref_key(ref_key: str) -> str:
     """deltaglider's rule: the base of a delta is `dirname(dg-ref-key)/reference.bin`."""
     return reference_key(posixpath.dirname(ref_key))
+
+
+def chain_parent(meta: dict[str, str]) -> tuple[str, str] | None:
+    """(parent key, parent sha256) of a dgfs chain reference stored as a delta, else None."""
+    parent, sha = meta.get(META_CHAIN_PARENT), meta.get(META_CHAIN_PARENT_SHA)
+    return (parent, sha) if parent and sha else None
 
 
 def is_hidden_key(key: str) -> bool:

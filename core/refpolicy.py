@@ -3,7 +3,9 @@
 `deltaglider` (default): one `{prefix}/reference.bin` per deltaspace, the first delta-eligible
 file, never replaced; every delta is encoded against it (DeltaStore's built-in path, unchanged).
 
-`adaptive` (= `adaptive-compatible`, the same algorithm): besides `{prefix}/reference.bin` a
+`adaptive`: hidden references chained as deltas, dgfs-only (core/chain.py, ChainPolicy).
+
+`adaptive-compatible` (AdaptivePolicy here): besides `{prefix}/reference.bin` a
 deltaspace may hold keyframes, extra raw references at
 `{prefix}/.dgfs/refs/<stamp>-<sha256[:16]>/reference.bin` (`<stamp>`: 16 hex digits of the
 writer's clock in ns, so keys sort by age). A new file is encoded against the newest
@@ -12,9 +14,10 @@ file ALSO becomes a new keyframe and is stored as a zero-diff self-delta against
 deltaglider stores a deltaspace's first file). Every delta therefore points at a raw reference:
 reconstruction is always one decode, and deltaglider reads every file (it resolves
 `dirname(dg-ref-key)/reference.bin`). References are never user files, so deleting a file
-never breaks another. A keyframe is deleted when no delta of its deltaspace points at it any
-more (checked by an adaptive store on delete/overwrite: LIST + HEAD of the deltaspace's deltas,
-with the same keep-bytes / delete / re-check / restore protocol as `reference.bin`); keyframes
+never breaks another. A hidden reference (keyframe or chain link) is deleted when no delta of
+its deltaspace uses it, directly or through a chain (checked by an adaptive store on
+delete/overwrite: LIST + HEAD of the deltaspace's deltas and of the chains they use, with the
+same keep-bytes / delete / re-check / restore protocol as `reference.bin`); hidden references
 left by other writers can be swept with `collect_keyframes`.
 """
 
@@ -37,7 +40,7 @@ log = logging.getLogger("dgfs.refpolicy")
 POLICY_NAMES = REFERENCE_POLICIES
 DEFAULT_POLICY = "deltaglider"
 KEYFRAME_DIR = ".dgfs/refs"
-MAX_DECODES = 4  # the bound every policy must respect (adaptive: always 1)
+MAX_DECODES = 4  # sequential decodes to read any file, its own included (compatible: 1)
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,27 @@ def keyframe_base(prefix: str) -> str:
 
 
 def is_keyframe_key(key: str) -> bool:
+    """A hidden reference (adaptive keyframe or chain link) of some deltaspace."""
     return f"/{KEYFRAME_DIR}/" in f"/{key}" and key.endswith("/" + layout.REFERENCE_NAME)
+
+
+def hidden_reference_keys(store, prefix: str) -> list[str]:
+    """The hidden references of one deltaspace, newest first (keys sort by writer stamp)."""
+    keys = [
+        o.key
+        for page in store.store.list_pages(keyframe_base(prefix), None)
+        for o in page.objects
+        if is_keyframe_key(o.key)
+    ]
+    return sorted(keys, reverse=True)
+
+
+def current_ref_key(store, logical_key: str) -> str | None:
+    """The reference the delta stored under `logical_key` uses now (None: no delta)."""
+    try:
+        return store.head_record(layout.delta_key(logical_key)).ref_key
+    except NotFound:
+        return None
 
 
 class ReferencePolicy:
@@ -62,7 +85,6 @@ class ReferencePolicy:
 
     name = DEFAULT_POLICY
     custom_put = False
-    max_depth = 1
 
     def put_delta(self, store, src: Path, logical_key: str, prefix: str, name: str, size: int,
                   sha: str, extra: dict[str, str]) -> ObjectRecord | None:  # fmt: skip
@@ -82,7 +104,7 @@ class AdaptivePolicy(ReferencePolicy):
 
     custom_put = True
 
-    def __init__(self, name: str = "adaptive", threshold: float = 0.3, tries: int = 2,
+    def __init__(self, name: str = "adaptive-compatible", threshold: float = 0.3, tries: int = 2,
                  good_enough: float = 0.05) -> None:  # fmt: skip
         self.name = name
         self.threshold = threshold  # best delta / size above this → the file becomes a keyframe
@@ -92,22 +114,17 @@ class AdaptivePolicy(ReferencePolicy):
     # ---------------------------------------------------------------- candidates
 
     def candidates(self, store, prefix: str) -> list[Candidate]:
-        """Keyframes newest first (by key stamp), then the deltaspace's reference.bin."""
-        keys = [
-            o.key
-            for page in store.store.list_pages(keyframe_base(prefix), None)
-            for o in page.objects
-            if o.key.endswith("/" + layout.REFERENCE_NAME)
-        ]
+        """Raw keyframes newest first (chain links of `adaptive` are skipped: deltaglider
+        could not read through them), then the deltaspace's reference.bin."""
         out: list[Candidate] = []
-        for key in sorted(keys, reverse=True):
+        for key in hidden_reference_keys(store, prefix):
             if len(out) >= self.tries:
                 break
             try:
                 rec = store.head_record(key)
             except NotFound:
                 continue
-            if rec.sha256:
+            if rec.sha256 and layout.chain_parent(rec.metadata) is None:
                 out.append(Candidate(key, rec.sha256, rec.metadata.get("dg-source-name", "")))
         if len(out) < self.tries:
             ref = store.reference(prefix)
@@ -119,7 +136,7 @@ class AdaptivePolicy(ReferencePolicy):
 
     def put_delta(self, store, src: Path, logical_key: str, prefix: str, name: str, size: int,
                   sha: str, extra: dict[str, str]) -> ObjectRecord | None:  # fmt: skip
-        old_ref = self._current_ref_key(store, logical_key)
+        old_ref = current_ref_key(store, logical_key)
         with store._scratch() as tmp:
             if store.reference(prefix) is None and store._create_reference(prefix, src, sha, name):
                 ref = store.reference(prefix)
@@ -142,7 +159,7 @@ class AdaptivePolicy(ReferencePolicy):
             meta = layout.delta_metadata(
                 store.tool, name, sha, size, chosen.key, chosen.sha256, delta_size, zero_diff
             )
-            meta = layout.fit_metadata({**meta, **extra})
+            meta = layout.fit_metadata({**meta, layout.META_POLICY: self.name, **extra})
             store.store.put_file(layout.delta_key(logical_key), delta, layout.encode_metadata(meta))
             store.ensure_reference(chosen.key, chosen.sha256, chosen.source_name, local)
         if old_ref and old_ref != chosen.key and is_keyframe_key(old_ref):
@@ -151,12 +168,6 @@ class AdaptivePolicy(ReferencePolicy):
             layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta
         )
         return replace(record, ref_key=chosen.key, ref_sha256=chosen.sha256)
-
-    def _current_ref_key(self, store, logical_key: str) -> str | None:
-        try:
-            return store.head_record(layout.delta_key(logical_key)).ref_key
-        except NotFound:
-            return None
 
     def _best_delta(self, store, src: Path, name: str, sha: str, size: int, prefix: str,
                     tmp: Path) -> tuple[Candidate, Path, Path] | None:  # fmt: skip
@@ -212,22 +223,41 @@ def _used_refs(store, prefix: str) -> set[str]:
     return used
 
 
-def collect_keyframes(store, prefix: str) -> list[str]:
-    """Delete the keyframes of `prefix` no delta points at; returns the deleted keys.
+def _live(store, used: set[str], known: dict[str, dict[str, str]]) -> set[str]:
+    """`used` closed under chain parents (HEADs the chain links not in `known`, which maps
+    keys to metadata already at hand, e.g. of references this caller just deleted)."""
+    live, todo = set(), list(used)
+    while todo:
+        key = todo.pop()
+        if key in live:
+            continue
+        live.add(key)
+        if not is_keyframe_key(key):
+            continue
+        meta = known.get(key)
+        if meta is None:
+            try:
+                meta = store.head_record(key).metadata
+            except NotFound:
+                continue
+        parent = layout.chain_parent(meta)
+        if parent is not None:
+            todo.append(parent[0])
+    return live
 
-    Keeps each keyframe's bytes, deletes, then re-checks; a keyframe that gained a delta
-    meanwhile is restored (conditional create), as DeltaStore.delete does for reference.bin.
+
+def collect_keyframes(store, prefix: str) -> list[str]:
+    """Delete the hidden references of `prefix` no delta uses, directly or through a chain;
+    returns the deleted keys.
+
+    Keeps each one's bytes, deletes chain links before their parents, then re-checks; a
+    reference that gained a user meanwhile is restored (conditional create, parents first),
+    as DeltaStore.remove_unused_reference does for reference.bin.
     """
-    keyframes = [
-        o.key
-        for page in store.store.list_pages(keyframe_base(prefix), None)
-        for o in page.objects
-        if is_keyframe_key(o.key)
-    ]
-    if not keyframes:
+    hidden = hidden_reference_keys(store, prefix)
+    if not hidden:
         return []
-    used = _used_refs(store, prefix)
-    unused = [k for k in keyframes if k not in used]
+    unused = [k for k in hidden if k not in _live(store, _used_refs(store, prefix), {})]
     if not unused:
         return []
     removed = []
@@ -241,30 +271,40 @@ def collect_keyframes(store, prefix: str) -> list[str]:
             except NotFound:
                 continue
             kept[key] = (path, info.metadata or {})
+        by_depth = sorted(kept, key=lambda k: chain_depth(layout.decode_metadata(kept[k][1])))
+        for key in reversed(by_depth):
             store.store.delete(key)
-        used = _used_refs(store, prefix)
-        for key, (path, meta) in kept.items():
-            if key not in used:
+        known = {k: layout.decode_metadata(meta) for k, (_, meta) in kept.items()}
+        live = _live(store, _used_refs(store, prefix), known)
+        for key in by_depth:
+            if key not in live:
                 removed.append(key)
                 continue
-            log.warning("%s: a delta appeared while deleting; restoring keyframe", key)
+            log.warning("%s: a delta appeared while deleting; restoring hidden reference", key)
             try:
-                store.store.put_file(key, path, meta, if_none_match=True)
+                store.store.put_file(key, kept[key][0], kept[key][1], if_none_match=True)
             except PreconditionFailed:
                 pass
     return removed
 
 
+def chain_depth(meta: dict[str, str]) -> int:
+    """Chain depth recorded on a hidden reference (0: raw; unreadable values count as max)."""
+    value = meta.get(layout.META_CHAIN_DEPTH, "0" if layout.chain_parent(meta) is None else "")
+    return int(value) if value.isdigit() else MAX_DECODES
+
+
 def reconstruct_depth(store, record: ObjectRecord) -> int:
-    """Sequential decodes needed to read `record` (0: direct/plain); follows delta references."""
-    depth = 0
-    key = record.ref_key if record.kind == Kind.DELTA else None
-    while key is not None:
-        depth += 1
-        if depth > MAX_DECODES:
+    """Sequential decodes needed to read `record` (0: direct/plain): its own (a zero-diff
+    self-delta counts too) plus one per chain link below its reference."""
+    if record.kind != Kind.DELTA or not record.ref_key:
+        return 0
+    depth, key = 1, record.ref_key
+    while depth <= MAX_DECODES:
+        parent = layout.chain_parent(store.head_record(key).metadata)
+        if parent is None:
             break
-        ref = store.head_record(key)
-        key = ref.ref_key if ref.kind == Kind.DELTA else None
+        depth, key = depth + 1, parent[0]
     return depth
 
 
@@ -273,6 +313,10 @@ def make_policy(name: str | None) -> ReferencePolicy:
     name = (name or DEFAULT_POLICY).strip().lower()
     if name == "deltaglider":
         return DeltagliderPolicy()
-    if name in ("adaptive", "adaptive-compatible"):
+    if name == "adaptive":
+        from core.chain import ChainPolicy  # core.chain builds on this module
+
+        return ChainPolicy()
+    if name == "adaptive-compatible":
         return AdaptivePolicy(name)
     raise ValueError(f"unknown reference policy {name!r} (one of {', '.join(POLICY_NAMES)})")

@@ -2,9 +2,13 @@
 
 Accounting per deltaspace (see the spec's "Stats fields"): original bytes are `dg-file-size`
 for deltas and the object size otherwise; stored bytes are the object sizes plus the
-deltaspace's `reference.bin` when a delta uses it. Plain objects (no dg metadata) count at
-their size. A reference no listed delta uses is orphaned; a delta whose reference is absent
-is unreadable (a missing reference).
+deltaspace's `reference.bin` (and hidden references) when a delta uses it, directly or through
+a dgfs reference chain. Each delta is attributed to the reference policy that wrote it
+(`dgfs-policy`; without it: `adaptive-compatible` when it points at a hidden reference,
+otherwise `deltaglider`). Plain objects (no dg metadata) count at
+their size. A reference (or hidden reference) no listed delta uses, directly or through a
+chain, is orphaned; a delta whose reference, or a chain link below it, is absent is
+unreadable (a missing reference).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from core.errors import NotFound
 from core.layout import Kind, ObjectRecord
 from core.metadata import RecordCache
 from core.objectstore import ObjectInfo
-from core.refpolicy import KEYFRAME_DIR, is_keyframe_key, keyframe_base
+from core.refpolicy import KEYFRAME_DIR, collect_keyframes, is_keyframe_key, keyframe_base
 
 DIR_XATTR_PREFIX = "user.dg.dir."
 BUCKET_XATTR_PREFIX = "user.dg.bucket."
@@ -44,6 +48,8 @@ class DeltaspaceStats:
     reference_key: str | None = None
     reference_used: bool = False
     missing_references: dict[str, str] = field(default_factory=dict)  # delta key → reference
+    policies: dict[str, int] = field(default_factory=dict)  # reference policy → its deltas
+    orphaned_hidden: dict[str, int] = field(default_factory=dict)  # unused hidden ref → size
     computed_at: float = field(default_factory=time.time)
 
     @property
@@ -58,6 +64,11 @@ class DeltaspaceStats:
     @property
     def saved_bytes(self) -> int:
         return self.original_bytes - self.stored_bytes
+
+    @property
+    def policy(self) -> str:
+        """The reference policies that wrote this deltaspace's deltas ('a+b'; 'none')."""
+        return "+".join(sorted(self.policies)) or "none"
 
     @property
     def orphaned(self) -> bool:
@@ -75,6 +86,8 @@ class DeltaspaceStats:
             "stored_bytes": self.stored_bytes,
             "ratio": self.ratio,
             "saved_bytes": self.saved_bytes,
+            "policy": self.policy,
+            "policies": dict(sorted(self.policies.items())),
             "reference_key": self.reference_key,
             "reference_size": self.reference_size,
             "reference_sha256": self.reference_sha256,
@@ -96,11 +109,14 @@ class BucketStats:
     @property
     def orphaned_references(self) -> dict[str, int]:
         """Orphaned reference key → its size."""
-        return {
+        out = {
             s.reference_key: s.reference_size
             for s in self.deltaspaces.values()
             if s.orphaned and s.reference_key
         }
+        for s in self.deltaspaces.values():
+            out.update(s.orphaned_hidden)
+        return out
 
     @property
     def missing_references(self) -> dict[str, str]:
@@ -125,6 +141,8 @@ class BucketStats:
             "saved_bytes": t.saved_bytes,
             "ratio": t.ratio,
             "reference_bytes": t.reference_size,
+            "policy": t.policy,
+            "policies": dict(sorted(t.policies.items())),
             "orphaned_references": [
                 {"key": k, "size": v} for k, v in self.orphaned_references.items()
             ],
@@ -166,6 +184,14 @@ def _space_of(key: str) -> str:
     if is_keyframe_key(key):
         return key.split(KEYFRAME_DIR + "/", 1)[0].rstrip("/")
     return layout.deltaspace_of(key)
+
+
+def _policy_of(delta: ObjectRecord) -> str:
+    """The reference policy that wrote a delta (see the module docstring)."""
+    policy = delta.metadata.get(layout.META_POLICY)
+    if policy:
+        return policy
+    return "adaptive-compatible" if is_keyframe_key(delta.ref_key or "") else "deltaglider"
 
 
 @contextmanager
@@ -215,25 +241,35 @@ class _Tally:
         if record.kind == Kind.DELTA:
             s.delta_count += 1
             self.deltas.append(record)
+            policy = _policy_of(record)
+            s.policies[policy] = s.policies.get(policy, 0) + 1
         elif record.kind == Kind.DIRECT:
             s.direct_count += 1
         else:
             s.plain_count += 1
 
     def finish(self) -> dict[str, DeltaspaceStats]:
-        """Attribute each delta to its reference: mark it used, or record it missing."""
+        """Attribute each delta to its reference (and the chain below it): mark them used, or
+        record the delta's missing reference; unused hidden references are orphaned."""
         used: set[str] = set()
         for delta in self.deltas:
             ref_key = delta.ref_key or layout.reference_key(layout.deltaspace_of(delta.stored_key))
-            if ref_key in self.refs:
+            while ref_key is not None and ref_key not in used:
+                if ref_key not in self.refs:
+                    if not self._head_exists(ref_key):
+                        space = self.space(layout.deltaspace_of(delta.stored_key))
+                        space.missing_references[delta.stored_key] = ref_key
+                    break
                 used.add(ref_key)
-            elif not self._head_exists(ref_key):
-                space = self.space(layout.deltaspace_of(delta.stored_key))
-                space.missing_references[delta.stored_key] = ref_key
-        for ref_key in used:
+                parent = layout.chain_parent(self.refs[ref_key].metadata)
+                ref_key = parent[0] if parent else None
+        for ref_key, record in self.refs.items():
             space = self.space(_space_of(ref_key))
-            space.reference_used = True
-            space.stored_bytes += self.refs[ref_key].stored_size
+            if ref_key in used:
+                space.reference_used = space.reference_used or not is_keyframe_key(ref_key)
+                space.stored_bytes += record.stored_size
+            elif is_keyframe_key(ref_key):
+                space.orphaned_hidden[ref_key] = record.stored_size
         return self.spaces
 
     def _head_exists(self, key: str) -> bool:
@@ -258,6 +294,9 @@ def _sum(prefix: str, parts: Iterable[DeltaspaceStats]) -> DeltaspaceStats:
         total.reference_size += s.reference_size
         total.reference_used = total.reference_used or s.reference_used
         total.missing_references.update(s.missing_references)
+        total.orphaned_hidden.update(s.orphaned_hidden)
+        for policy, n in s.policies.items():
+            total.policies[policy] = total.policies.get(policy, 0) + n
     return total
 
 
@@ -316,6 +355,7 @@ def _xattr_values(s: DeltaspaceStats) -> dict[str, str]:
         "ratio": f"{s.ratio:.4f}",
         "saved-bytes": str(s.saved_bytes),
         "reference-size": str(s.reference_size),
+        "policy": s.policy,
         "computed-at": iso_time(s.computed_at),
     }
     if s.reference_sha256:
@@ -348,3 +388,20 @@ def remove_orphan(store: DeltaStore, ref_key: str) -> bool:
     The same protocol as DeltaStore.delete (DeltaStore.remove_unused_reference). True if removed.
     """
     return store.remove_unused_reference(ref_key)
+
+
+def remove_orphans(store: DeltaStore, keys: Iterable[str]) -> list[str]:
+    """Delete orphaned references (reference.bin or hidden) unless used again; the removed.
+
+    Hidden references go through `collect_keyframes` once per deltaspace (chains: links
+    before parents, restored if a delta appears meanwhile)."""
+    removed, spaces = [], set()
+    for key in keys:
+        if is_keyframe_key(key):
+            spaces.add(_space_of(key))
+        elif remove_orphan(store, key):
+            removed.append(key)
+    wanted = set(keys)
+    for prefix in sorted(spaces):
+        removed += [k for k in collect_keyframes(store, prefix) if k in wanted]
+    return sorted(removed)

@@ -154,10 +154,13 @@ def _print_stats(result: corestats.BucketStats, detailed: bool) -> None:
     ):
         click.echo(f"  {label:<10} {human(value):>10}  ({value} bytes)")
     click.echo(f"  ratio      {t.ratio:.4f} (stored / original)")
+    click.echo(f"  policy     {t.policy} (reference policy of the deltas)")
     if not detailed:
         return
     click.echo("")
-    header = ("DELTASPACE", "FILES", "DELTA", "DIRECT", "PLAIN", "ORIGINAL", "STORED", "RATIO")
+    header = (
+        "DELTASPACE", "FILES", "DELTA", "DIRECT", "PLAIN", "ORIGINAL", "STORED", "RATIO", "POLICY"
+    )  # fmt: skip
     rows = [
         (
             p or "(root)",
@@ -168,6 +171,7 @@ def _print_stats(result: corestats.BucketStats, detailed: bool) -> None:
             human(s.original_bytes),
             human(s.stored_bytes),
             f"{s.ratio:.4f}",
+            s.policy,
         )
         for p, s in sorted(result.deltaspaces.items())
     ]
@@ -216,8 +220,9 @@ def gc_cmd(url: str, apply_: bool, as_json: bool, endpoint_url: str | None) -> N
     """Find orphaned references under s3://BUCKET[/PREFIX]; delete them with --apply.
 
     An orphaned reference is a reference.bin that no delta uses any more (deltaglider's
-    CLI leaves them behind). Each deltaspace is listed again right before its reference
-    is deleted; one where a delta appeared meanwhile is skipped.
+    CLI leaves them behind), or a hidden reference of the adaptive policies that no delta
+    uses, directly or through a chain. Each deltaspace is listed again right after its
+    references are deleted; one a delta appeared on meanwhile is restored (skipped).
 
     \b
     Examples:
@@ -231,8 +236,8 @@ def gc_cmd(url: str, apply_: bool, as_json: bool, endpoint_url: str | None) -> N
         with progress(show_progress(as_json), "objects examined:") as tick:
             orphans = corestats.bucket_stats(store, prefix, progress=tick).orphaned_references
         if apply_:
-            for key in sorted(orphans):
-                (removed if corestats.remove_orphan(store, key) else skipped).append(key)
+            removed = corestats.remove_orphans(store, orphans)
+            skipped = sorted(set(orphans) - set(removed))
     if as_json:
         out = {
             "bucket": bucket,

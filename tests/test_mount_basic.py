@@ -76,3 +76,11 @@ def test_adaptive_policy_through_the_mount(mounter, bucket, tmp_path):
     fresh = mounter(bucket, "fresh", "-o", "reference_policy=adaptive")
     assert [(fresh.path / f"a{i}.zip").read_bytes() for i in range(6)] == versions
     assert sorted(os.listdir(fresh.path)) == [f"a{i}.zip" for i in range(6)]  # .dgfs hidden
+    assert os.getxattr(fresh.path, "user.dg.dir.policy") == b"adaptive"
+    ref_key = subprocess.run(
+        ["getfattr", "--only-values", "-n", "user.dg.ref-key", str(fresh.path / "a5.zip")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert ref_key.startswith(".dgfs/refs/")  # a hidden reference, never another user file

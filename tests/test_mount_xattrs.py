@@ -55,6 +55,7 @@ def test_file_dir_and_bucket_xattrs_agree_with_stats(mnt, bucket, objectstore, s
     assert d["user.dg.dir.plain-count"] == "1"
     assert d["user.dg.dir.stored-bytes"] == str(stored)
     assert d["user.dg.dir.original-bytes"] == str(4 * 200_000 + 300_000 + 17)
+    assert d["user.dg.dir.policy"] == "deltaglider"
     time.sleep(1.2)  # let the kernel's cached attributes of `rel` (TTL 1 s) expire
     du = subprocess.run(["du", "-s", "-B1", str(rel)], capture_output=True, text=True, check=True)
     assert abs(int(du.stdout.split()[0]) - stored) < 512 * 8  # du = stored bytes (block rounding)
@@ -76,6 +77,7 @@ def test_file_dir_and_bucket_xattrs_agree_with_stats(mnt, bucket, objectstore, s
         root = _getfattr(mnt.path)
     assert root["user.dg.bucket.stored-bytes"] == str(stats["compressed_size"])
     assert root["user.dg.bucket.file-count"] == "7"
+    assert root["user.dg.bucket.policy"] == stats["policy"] == "deltaglider"
 
 
 def test_user_xattrs_persist_and_dg_writes_are_ignored(mounter, bucket, tmp_path):

@@ -1,4 +1,5 @@
-"""Reference policies: adaptive keyframes round-trip, survive deletes, mix with deltaglider."""
+"""Reference policies: adaptive chains and adaptive-compatible keyframes round-trip, survive
+deletes in any order, mix with deltaglider in one deltaspace, and respect the decode bound."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from core import layout
+from core.cache import CacheSettings, ContentCache
+from core.chain import ChainPolicy
 from core.config import ConfigError, DeltaSettings, delta_settings_from_env
 from core.deltastore import DeltaStore
+from core.errors import IntegrityError
 from core.layout import Kind
 from core.refpolicy import (
     MAX_DECODES,
@@ -40,13 +44,31 @@ def drifting_series(count: int, seed: int) -> list[bytes]:
     return out
 
 
-def adaptive_store(objectstore, tmp_path: Path, name: str = "adaptive", **kw) -> DeltaStore:
+def adaptive_store(objectstore, tmp_path: Path, name: str = "adaptive", cache=None,
+                   **kw) -> DeltaStore:  # fmt: skip
+    """A store under `name` (adaptive: ChainPolicy, adaptive-compatible: AdaptivePolicy)."""
+    policy = None
+    if kw:
+        policy = ChainPolicy(**kw) if name == "adaptive" else AdaptivePolicy(name, **kw)
     return DeltaStore(
         objectstore,
         DeltaSettings(reference_policy=name),
+        cache=cache,
         workdir=tmp_path / f"work-{name}",
-        policy=AdaptivePolicy(name, **kw) if kw else None,
+        policy=policy,
     )
+
+
+def live_hidden(store: DeltaStore, keys) -> set[str]:
+    """Hidden references the files `keys` need: their references and chain ancestors."""
+    live = set()
+    for key in keys:
+        ref = store.stat(key).ref_key
+        while ref and is_keyframe_key(ref):
+            live.add(ref)
+            parent = layout.chain_parent(store.head_record(ref).metadata)
+            ref = parent[0] if parent else None
+    return live
 
 
 def keyframes(store: DeltaStore, prefix: str) -> list[str]:
@@ -63,8 +85,8 @@ def check_all(store: DeltaStore, expected: dict[str, bytes], tmp_path: Path) -> 
         store.get(key, out, rec)
         assert out.read_bytes() == data, key
         assert reconstruct_depth(store, rec) <= MAX_DECODES
-        if rec.kind == Kind.DELTA:
-            assert reconstruct_depth(store, rec) == 1  # adaptive and deltaglider: depth 1
+        if rec.kind == Kind.DELTA and rec.metadata.get(layout.META_POLICY) != "adaptive":
+            assert reconstruct_depth(store, rec) == 1  # compatible and deltaglider: depth 1
 
 
 def test_settings_and_factory():
@@ -75,7 +97,8 @@ def test_settings_and_factory():
     with pytest.raises(ConfigError):
         delta_settings_from_env({"DG_REFERENCE_POLICY": "chains"})
     assert isinstance(make_policy(None), DeltagliderPolicy)
-    assert make_policy("adaptive-compatible").custom_put
+    assert isinstance(make_policy("adaptive"), ChainPolicy)
+    assert isinstance(make_policy("adaptive-compatible"), AdaptivePolicy)
     with pytest.raises(ValueError):
         make_policy("nope")
     assert is_keyframe_key("a/.dgfs/refs/x/reference.bin")
@@ -124,9 +147,11 @@ def test_adaptive_stores_less_than_deltaglider_on_drift(bucket, s3_settings, tmp
     assert sizes["adaptive"] < sizes["deltaglider"]
 
 
-@pytest.mark.parametrize("seed", [4, 5])
-def test_adaptive_random_deletes_keep_everything_readable(objectstore, tmp_path, seed):
-    store = adaptive_store(objectstore, tmp_path, threshold=0.1)
+@pytest.mark.parametrize(
+    "name, seed", [("adaptive", 4), ("adaptive", 5), ("adaptive", 6), ("adaptive-compatible", 4)]
+)
+def test_adaptive_random_deletes_keep_everything_readable(objectstore, tmp_path, name, seed):
+    store = adaptive_store(objectstore, tmp_path, name, threshold=0.1)
     versions = drifting_series(12, seed)
     expected = {}
     for i, data in enumerate(versions):
@@ -140,15 +165,15 @@ def test_adaptive_random_deletes_keep_everything_readable(objectstore, tmp_path,
         store.delete(store.stat(key))
         del expected[key]
         check_all(store, expected, tmp_path)
-        used = {store.stat(k).ref_key for k in expected}
-        assert set(keyframes(store, "rel")) <= used  # no keyframe outlives its last delta
+        # no hidden reference outlives the last file that needs it
+        assert set(keyframes(store, "rel")) == live_hidden(store, expected)
     assert keyframes(store, "rel") == []
     assert [o.key for p in objectstore.list_pages("rel/", None) for o in p.objects] == []
     store.close()
 
 
 def test_overwrite_releases_keyframe(objectstore, tmp_path):
-    store = adaptive_store(objectstore, tmp_path, threshold=0.01)
+    store = adaptive_store(objectstore, tmp_path, "adaptive-compatible", threshold=0.01)
     a, b = drifting_series(2, 9)
     store.put(write(tmp_path / "a", a), "rel/base.bin")
     store.put(write(tmp_path / "b", b), "rel/x.bin")  # drifted: becomes a keyframe
@@ -159,29 +184,48 @@ def test_overwrite_releases_keyframe(objectstore, tmp_path):
     store.close()
 
 
+def test_overwrite_releases_chain_reference(objectstore, tmp_path):
+    store = adaptive_store(objectstore, tmp_path)
+    a, b = drifting_series(2, 9)
+    store.put(write(tmp_path / "a", a), "rel/base.bin")
+    store.put(write(tmp_path / "b", b), "rel/x.bin")  # a chain link on a's hidden reference
+    assert len(keyframes(store, "rel")) == 2
+    store.put(write(tmp_path / "a2", a), "rel/x.bin")  # same bytes: reuses a's reference
+    assert keyframes(store, "rel") == [store.stat("rel/base.bin").ref_key]
+    check_all(store, {"rel/base.bin": a, "rel/x.bin": a}, tmp_path)
+    store.close()
+
+
 def test_mixed_policies_in_one_deltaspace(objectstore, tmp_path):
     plain = DeltaStore(objectstore, DeltaSettings(), workdir=tmp_path / "w1")
-    adaptive = adaptive_store(objectstore, tmp_path, threshold=0.1)
-    versions = drifting_series(14, 11)
+    chain = adaptive_store(objectstore, tmp_path, threshold=0.5)
+    compatible = adaptive_store(objectstore, tmp_path, "adaptive-compatible", threshold=0.1)
+    stores = (plain, chain, compatible)
+    versions = drifting_series(15, 11)
     expected = {}
     for i, data in enumerate(versions):
-        store = adaptive if i % 3 else plain
         key = f"rel/m{i:02d}.zip"
-        store.put(write(tmp_path / "src" / f"{i}", data), key)
+        stores[i % 3].put(write(tmp_path / "src" / f"{i}", data), key)
         expected[key] = data
-    assert keyframes(adaptive, "rel")
-    for store in (plain, adaptive):
+    assert keyframes(chain, "rel")
+    for store in stores:
         check_all(store, expected, tmp_path)
+    from core.stats import deltaspace_stats
+
+    policies = deltaspace_stats(plain, "rel").policies  # deltaglider may store some direct
+    assert policies["adaptive"] == policies["adaptive-compatible"] == 5
+    assert 1 <= policies["deltaglider"] <= 5
     order = list(expected)
     random.Random(3).shuffle(order)
     for n, key in enumerate(order):
-        (plain if n % 2 else adaptive).delete(plain.stat(key))
+        stores[n % 3].delete(plain.stat(key))
         del expected[key]
         check_all(plain, expected, tmp_path)
-    collect_keyframes(adaptive, "rel")  # a deltaglider-policy store does not sweep keyframes
+        assert live_hidden(plain, expected) <= set(keyframes(plain, "rel"))
+    collect_keyframes(chain, "rel")  # a deltaglider-policy store does not sweep keyframes
     assert [o.key for p in objectstore.list_pages("rel/", None) for o in p.objects] == []
-    plain.close()
-    adaptive.close()
+    for store in stores:
+        store.close()
 
 
 def test_keyframes_are_readable_as_deltaglider_layout(objectstore, tmp_path):
@@ -201,8 +245,9 @@ def test_keyframes_are_readable_as_deltaglider_layout(objectstore, tmp_path):
     store.close()
 
 
-def test_rename_prefix_moves_keyframes(objectstore, tmp_path):
-    store = adaptive_store(objectstore, tmp_path, threshold=0.1)
+@pytest.mark.parametrize("name", ["adaptive", "adaptive-compatible"])
+def test_rename_prefix_moves_keyframes(objectstore, tmp_path, name):
+    store = adaptive_store(objectstore, tmp_path, name, threshold=0.1)
     versions = drifting_series(6, 17)
     for i, data in enumerate(versions):
         store.put(write(tmp_path / "src" / f"{i}", data), f"old/r{i}.zip")
@@ -211,10 +256,11 @@ def test_rename_prefix_moves_keyframes(objectstore, tmp_path):
     store.close()
 
 
-def test_stats_count_keyframes_in_the_deltaspace_they_serve(objectstore, tmp_path):
-    from core.stats import bucket_stats, deltaspace_stats
+@pytest.mark.parametrize("name", ["adaptive", "adaptive-compatible"])
+def test_stats_count_keyframes_in_the_deltaspace_they_serve(objectstore, tmp_path, name):
+    from core.stats import bucket_stats, deltaspace_stats, format_xattrs
 
-    store = adaptive_store(objectstore, tmp_path, threshold=0.1)
+    store = adaptive_store(objectstore, tmp_path, name, threshold=0.1)
     for i, data in enumerate(drifting_series(6, seed=3)):
         store.put(write(tmp_path / f"v{i}", data), f"rel/v{i}.bin")
     frames = keyframes(store, "rel")
@@ -227,3 +273,210 @@ def test_stats_count_keyframes_in_the_deltaspace_they_serve(objectstore, tmp_pat
     total = bucket_stats(store)
     assert total.total.stored_bytes == stored
     assert set(total.deltaspaces) == {"rel"}  # keyframes are not deltaspaces of their own
+    assert one_level.policy == total.total.policy == name
+    assert format_xattrs(one_level)["user.dg.dir.policy"] == name
+    assert total.to_json()["policies"] == {name: 6}
+    store.close()
+
+
+def test_chain_depth_never_exceeds_bound(objectstore, tmp_path):
+    """A long drifting series: links chain up to the bound, never past it, and every file
+    points at a hidden reference (never at a user file)."""
+    store = adaptive_store(objectstore, tmp_path)
+    versions = drifting_series(30, 21)
+    expected = {}
+    for i, data in enumerate(versions):
+        key = f"rel/s{i:02d}.zip"
+        store.put(write(tmp_path / "src" / f"{i}", data), key)
+        expected[key] = data
+    check_all(store, expected, tmp_path)
+    records = [store.stat(k) for k in expected]
+    assert max(reconstruct_depth(store, r) for r in records) == MAX_DECODES
+    assert all(is_keyframe_key(r.ref_key) for r in records)
+    leaves = [r for r in records if r.ref_sha256 != r.sha256]  # deltas against a link
+    assert leaves and all(reconstruct_depth(store, r) == MAX_DECODES for r in leaves)
+    links = [store.head_record(k) for k in keyframes(store, "rel")]
+    roots = [r for r in links if layout.chain_parent(r.metadata) is None]
+    assert len(links) == 30 - len(leaves) and 1 <= len(roots) < 10
+    total = sum(o.size for p in objectstore.list_pages("rel/", None) for o in p.objects)
+    assert total < 0.5 * sum(map(len, versions))
+    store.close()
+
+
+def test_chain_read_refuses_deeper_than_bound(objectstore, tmp_path):
+    """A chain written past the bound (here by a misconfigured writer) is an error naming the
+    key, never a silent deep read."""
+    store = adaptive_store(objectstore, tmp_path, threshold=2.0, depth_penalty=0.0)
+    store.policy.max_node_depth = MAX_DECODES
+    versions = drifting_series(7, 23)
+    for i, data in enumerate(versions):
+        store.put(write(tmp_path / "src" / f"{i}", data), f"rel/d{i}.zip")
+    rec = store.stat("rel/d6.zip")
+    assert reconstruct_depth(store, rec) > MAX_DECODES
+    with pytest.raises(IntegrityError, match="deeper than"):
+        store.get("rel/d6.zip", tmp_path / "out", rec)
+    store.get("rel/d2.zip", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == versions[2]
+    store.close()
+
+
+def test_chain_read_through_cache_decodes_once_per_link(objectstore, tmp_path, monkeypatch):
+    """Reading a series in order through the cache: every hidden reference a file needs holds
+    an earlier version, already cached by its sha256, so at most one decode per file, whatever
+    the chain depth (none for a file stored as a raw root)."""
+    from core import codec
+
+    cache = ContentCache(CacheSettings(cache_dir=tmp_path / "cache"))
+    writer = adaptive_store(objectstore, tmp_path)
+    versions = drifting_series(6, 25)
+    for i, data in enumerate(versions):
+        writer.put(write(tmp_path / "src" / f"{i}", data), f"rel/c{i}.zip")
+    writer.close()
+    reader = DeltaStore(objectstore, DeltaSettings(), cache=cache, workdir=tmp_path / "r")
+    decodes = []
+    real = codec.decode
+    monkeypatch.setattr(codec, "decode", lambda *a: (decodes.append(a), real(*a))[1])
+    for i, data in enumerate(versions):
+        decodes.clear()
+        with reader.open_cached(reader.stat(f"rel/c{i}.zip")) as entry:
+            entry.copy_to(tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == data
+        rec = reader.stat(f"rel/c{i}.zip")
+        raw_root = reconstruct_depth(reader, rec) == 1 and rec.ref_sha256 == rec.sha256
+        assert len(decodes) == (0 if raw_root else 1)
+    reader.close()
+    cache.close()
+
+
+def test_chain_writer_restores_a_parent_collected_during_its_put(objectstore, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    """Writer half of the delete protocol: a collector removes the (then unused) parent
+    between the writer's encode and its PUT; the writer puts it back, raw, from its copy."""
+    store = adaptive_store(objectstore, tmp_path)
+    other = adaptive_store(objectstore, tmp_path, "adaptive", threshold=0.9)
+    v0, v1, v2 = drifting_series(3, 27)
+    store.put(write(tmp_path / "a", v0), "rel/a.zip")
+    store.put(write(tmp_path / "b", v1), "rel/b.zip")
+    for key in ("rel/a.zip.delta", "rel/b.zip.delta"):
+        objectstore.delete(key)  # files gone without a sweep: their references are unused
+    parents = keyframes(store, "rel")
+    real = ChainPolicy._write_node
+    swept = []
+
+    def write_node_after_sweep(self, *args):
+        swept.extend(collect_keyframes(other, "rel"))
+        return real(self, *args)
+
+    monkeypatch.setattr(ChainPolicy, "_write_node", write_node_after_sweep)
+    rec = store.put(write(tmp_path / "c", v2), "rel/c.zip")
+    assert set(swept) == set(parents)
+    parent = layout.chain_parent(store.head_record(rec.ref_key).metadata)
+    assert parent is not None and parent[0] in parents  # a link on a swept reference...
+    assert store.head_record(parent[0]).sha256 == parent[1]  # ...which the writer restored
+    check_all(store, {"rel/c.zip": v2}, tmp_path)
+    store.close()
+    other.close()
+
+
+def test_chain_collector_restores_links_a_delta_appeared_on(objectstore, tmp_path, monkeypatch):
+    """Collector half: a delta lands on a link between the collector's delete and its re-list;
+    the link and its parent are put back (parent first) and the file reads."""
+    import core.refpolicy as refpolicy
+
+    store = adaptive_store(objectstore, tmp_path)
+    v0, v1 = drifting_series(2, 29)
+    store.put(write(tmp_path / "a", v0), "rel/a.zip")
+    store.put(write(tmp_path / "b", v1), "rel/b.zip")
+    assert reconstruct_depth(store, store.stat("rel/b.zip")) == 2
+    saved = tmp_path / "b.delta"
+    with saved.open("wb") as f:
+        info, _ = objectstore.download("rel/b.zip.delta", f)
+    for key in ("rel/a.zip.delta", "rel/b.zip.delta"):
+        objectstore.delete(key)
+    real, calls = refpolicy._used_refs, []
+
+    def used_refs_with_late_writer(*args):
+        calls.append(1)
+        if len(calls) == 2:  # after the delete, before the re-list
+            objectstore.put_file("rel/b.zip.delta", saved, info.metadata)
+        return real(*args)
+
+    monkeypatch.setattr(refpolicy, "_used_refs", used_refs_with_late_writer)
+    removed = collect_keyframes(store, "rel")
+    assert removed == []
+    check_all(store, {"rel/b.zip": v1}, tmp_path)
+    store.close()
+
+
+def test_stats_report_orphaned_links_and_missing_chain_parents(objectstore, tmp_path):
+    from core.stats import bucket_stats, remove_orphans
+
+    store = adaptive_store(objectstore, tmp_path)
+    v0, v1, v2 = drifting_series(3, 31)
+    for name, data in (("a", v0), ("b", v1), ("c", v2)):
+        store.put(write(tmp_path / name, data), f"rel/{name}.zip")
+    assert bucket_stats(store).orphaned_references == {}
+    c_ref = store.stat("rel/c.zip").ref_key
+    objectstore.delete("rel/c.zip.delta")  # no sweep: c's link (if it has one) is orphaned
+    chain_of_b = live_hidden(store, ["rel/a.zip", "rel/b.zip"])
+    orphans = bucket_stats(store).orphaned_references
+    assert set(orphans) == {c_ref} - chain_of_b
+    assert remove_orphans(store, orphans) == sorted(orphans)
+    assert set(keyframes(store, "rel")) == chain_of_b
+    b_link = store.stat("rel/b.zip").ref_key
+    parent = layout.chain_parent(store.head_record(b_link).metadata)
+    assert parent is not None
+    objectstore.delete(parent[0])  # damage: b's link lost its parent
+    missing = bucket_stats(store).missing_references
+    assert missing["rel/b.zip.delta"] == parent[0]
+    store.close()
+
+
+def test_chain_writers_and_deleters_in_parallel(objectstore, tmp_path):
+    """Two adaptive stores (as two mounts would) write a series while a third deletes older
+    files of the same directory: every file left reads, no hidden reference is missing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.stats import bucket_stats
+
+    versions = drifting_series(24, 33)
+    stores = [adaptive_store(objectstore, tmp_path / f"s{i}") for i in range(3)]
+    for i in range(8):
+        stores[2].put(write(tmp_path / "old" / f"{i}", versions[i]), f"rel/p{i:02d}.zip")
+
+    def writer(n: int) -> None:
+        for i in range(8 + n, 24, 2):
+            stores[n].put(write(tmp_path / f"w{n}" / f"{i}", versions[i]), f"rel/p{i:02d}.zip")
+
+    def deleter() -> None:
+        for i in range(8):
+            stores[2].delete(stores[2].stat(f"rel/p{i:02d}.zip"))
+
+    with ThreadPoolExecutor(3) as pool:
+        for f in [pool.submit(writer, 0), pool.submit(writer, 1), pool.submit(deleter)]:
+            f.result()
+    expected = {f"rel/p{i:02d}.zip": versions[i] for i in range(8, 24)}
+    check_all(stores[0], expected, tmp_path)
+    assert bucket_stats(stores[0]).missing_references == {}
+    for store in stores:
+        store.close()
+
+
+def test_chain_interleaved_series_chain_on_their_own_kind(objectstore, tmp_path):
+    """Two unrelated series written alternately into one directory: each chains on its own
+    versions (names alike once numbers are ignored), not on the newest unrelated file."""
+    a, b = drifting_series(10, 41), drifting_series(10, 42)
+    store = adaptive_store(objectstore, tmp_path)
+    expected = {}
+    for i in range(10):
+        for name, data in ((f"rel/alpha-1.{i}.zip", a[i]), (f"rel/beta-2.{i}.zip", b[i])):
+            store.put(write(tmp_path / "src" / name.replace("/", "_"), data), name)
+            expected[name] = data
+    check_all(store, expected, tmp_path)
+    roots = [
+        k for k in keyframes(store, "rel") if not layout.chain_parent(store.head_record(k).metadata)
+    ]
+    assert len(roots) <= 4
+    total = sum(o.size for p in objectstore.list_pages("rel/", None) for o in p.objects)
+    assert total < 0.3 * sum(map(len, expected.values()))
+    store.close()

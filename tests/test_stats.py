@@ -31,6 +31,7 @@ XATTR_NAMES = {
     "saved-bytes",
     "reference-size",
     "reference-sha256",
+    "policy",
     "computed-at",
 }
 
@@ -143,6 +144,7 @@ def test_stats_human_table(filled, bucket):
     assert result.returncode == 0, result.stderr
     assert "ratio" in result.stdout and "DELTASPACE" in result.stdout
     assert "releases" in result.stdout and "(root)" in result.stdout
+    assert "POLICY" in result.stdout and "policy     deltaglider" in result.stdout
     assert "\r" not in result.stderr  # no progress indicator when stderr is not a TTY
 
 
@@ -232,6 +234,7 @@ def test_deltaspace_stats_and_xattrs(filled, objectstore):
     assert xattrs["user.dg.dir.reference-size"] == str(ref.size)
     assert xattrs["user.dg.dir.reference-sha256"] == ref.metadata["dg-file-sha256"]
     assert xattrs["user.dg.dir.computed-at"].endswith("Z")
+    assert xattrs["user.dg.dir.policy"] == stats.policy == "deltaglider"
 
     whole = bucket_stats(store)
     top = format_xattrs(root, root=True, bucket=whole)

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Reference policies on real release series: stored/original, encode/decode time, depth.
 
-    .venv/bin/python scripts/bench/policy_bench.py [--quick] [--json] [--threshold 0.3]
+    .venv/bin/python scripts/bench/policy_bench.py [--quick] [--json]
 
 Wheels are fetched with `pip download` into data/bench-cache/<pkg>/<version>/ (git-ignored,
 shared with scripts/bench/run.py). Each policy writes the series in release order into its
-own bucket of a private local S3 server (dgfs.localserver in a temp dir, stopped on exit);
-stored bytes are every object under the prefix (references and keyframes included).
-Comparisons: an xdelta3 chain against the previous version (first raw; dgfs-only, depth
-unbounded) and `zstd -19 --long=31` over the concatenated series (a practical limit).
+own bucket of a private local S3 server (dgfs.localserver in a temp dir, stopped on exit),
+through an encrypted read cache as a mount would; the files are then read back in order by a
+second store with a cold cache. Stored bytes are every object under the prefix (references,
+keyframes and chain links included). Comparisons: an xdelta3 chain against the previous
+version (first raw; depth unbounded) and `zstd -19 --long=31` over the concatenated series
+(a practical limit).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from core import codec  # noqa: E402
+from core.cache import CacheSettings, ContentCache  # noqa: E402
 from core.config import DeltaSettings, s3_settings_from_env  # noqa: E402
 from core.deltastore import DeltaStore  # noqa: E402
 from core.objectstore import ObjectStore  # noqa: E402
-from core.refpolicy import AdaptivePolicy, reconstruct_depth  # noqa: E402
+from core.refpolicy import reconstruct_depth  # noqa: E402
 from dgfs import localserver  # noqa: E402
 
 CACHE = ROOT / "data" / "bench-cache"
@@ -80,6 +83,7 @@ SERIES = [
     ("botocore", [f"1.35.{i}" for i in range(20)]),
 ]
 QUICK = 5
+POLICIES = ("deltaglider", "adaptive-compatible", "adaptive")
 
 
 def log(msg: str) -> None:
@@ -124,44 +128,59 @@ def chain_vs_previous(paths: list[Path], tmp: Path) -> tuple[int, float]:
     return total, secs / max(1, len(paths) - 1)
 
 
-def run_policy(s3, policy: str, threshold: float, paths: list[Path], tmp: Path) -> dict:
+def run_policy(s3, policy: str, paths: list[Path], tmp: Path) -> dict:
     bucket = f"pb-{uuid.uuid4().hex[:12]}"
     objects = ObjectStore(bucket, s3)
     objects.create_bucket()
-    pol = AdaptivePolicy(policy, threshold=threshold) if policy != "deltaglider" else None
-    store = DeltaStore(
-        objects, DeltaSettings(reference_policy=policy), workdir=tmp / policy, policy=pol
-    )
+    settings = DeltaSettings(reference_policy=policy)
     enc = dec = 0.0
-    try:
-        for p in paths:
+    with ContentCache(CacheSettings(cache_dir=tmp / f"cache-w-{bucket}")) as cache:
+        store = DeltaStore(objects, settings, cache=cache, workdir=tmp / f"w-{bucket}")
+        try:
+            for p in paths:
+                t = time.perf_counter()
+                store.put(p, f"rel/{p.name}")
+                enc += time.perf_counter() - t
+        finally:
+            store.close()
+    depths = {}
+    with ContentCache(CacheSettings(cache_dir=tmp / f"cache-r-{bucket}")) as cache:
+        reader = DeltaStore(objects, settings, cache=cache, workdir=tmp / f"r-{bucket}")
+        try:
+            for p in paths:
+                t = time.perf_counter()
+                with reader.open_cached(reader.stat(f"rel/{p.name}")) as entry:
+                    entry.copy_to(tmp / "out")
+                dec += time.perf_counter() - t
+                assert (tmp / "out").read_bytes() == p.read_bytes(), p.name
+                depths[p] = reconstruct_depth(reader, reader.stat(f"rel/{p.name}"))
+        finally:
+            reader.close()
+    deepest = max(paths, key=lambda p: (depths[p], paths.index(p)))
+    with ContentCache(CacheSettings(cache_dir=tmp / f"cache-1-{bucket}")) as cache:
+        reader = DeltaStore(objects, settings, cache=cache, workdir=tmp / f"1-{bucket}")
+        try:
             t = time.perf_counter()
-            store.put(p, f"rel/{p.name}")
-            enc += time.perf_counter() - t
-        depth = 0
-        for p in paths:
-            t = time.perf_counter()
-            rec = store.get(f"rel/{p.name}", tmp / "out")
-            dec += time.perf_counter() - t
-            assert (tmp / "out").read_bytes() == p.read_bytes(), p.name
-            depth = max(depth, reconstruct_depth(store, rec))
-        listed = [o for page in objects.list_pages("rel/", None) for o in page.objects]
-        return {
-            "stored": sum(o.size for o in listed),
-            "keyframes": sum("/.dgfs/refs/" in o.key for o in listed),
-            "encode_s": enc / len(paths),
-            "decode_s": dec / len(paths),
-            "max_depth": depth,
-        }
-    finally:
-        store.close()
+            with reader.open_cached(reader.stat(f"rel/{deepest.name}")) as entry:
+                entry.copy_to(tmp / "out")
+            cold = time.perf_counter() - t
+        finally:
+            reader.close()
+    listed = [o for page in objects.list_pages("rel/", None) for o in page.objects]
+    return {
+        "stored": sum(o.size for o in listed),
+        "hidden": sum("/.dgfs/refs/" in o.key for o in listed),
+        "encode_s": enc / len(paths),
+        "decode_s": dec / len(paths),
+        "deepest_cold_s": cold,
+        "max_depth": max(depths.values()),
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"first {QUICK} versions per series")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--threshold", type=float, default=AdaptivePolicy().threshold)
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="dgfs-policy-bench-") as tmpdir:
@@ -175,8 +194,9 @@ def main() -> int:
                 original = sum(p.stat().st_size for p in paths)
                 log(f"{name}: {len(paths)} versions, {original / 1e6:.1f} MB")
                 row = {"series": name, "versions": len(paths), "original": original}
-                for policy in ("deltaglider", "adaptive"):
-                    row[policy] = run_policy(s3, policy, args.threshold, paths, tmp)
+                for policy in POLICIES:
+                    log(f"{name}: {policy}")
+                    row[policy] = run_policy(s3, policy, paths, tmp)
                 row["chain"], row["chain_encode_s"] = chain_vs_previous(paths, tmp)
                 row["zstd"] = zstd_limit(name, paths)
                 rows.append(row)
@@ -185,26 +205,45 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    short = {"deltaglider": "dg", "adaptive-compatible": "compat", "adaptive": "adapt"}
     print(
-        f"{'series':<9} {'n':>2} {'orig MB':>8} | {'dg':>6} {'adapt':>6} {'kf':>3} "
-        f"{'chain':>6} {'zstd':>6} {'ad/zs':>6} | {'enc dg':>7} {'enc ad':>7} "
-        f"{'dec dg':>7} {'dec ad':>7} | depth"
+        f"{'series':<9} {'n':>2} {'orig MB':>8} | {'dg':>6} {'compat':>6} {'adapt':>6} "
+        f"{'chain':>6} {'zstd':>6} {'ad/zs':>6} | {'hidden':>6} | "
+        + " ".join(f"{'enc ' + short[p]:>10}" for p in POLICIES)
+        + " | "
+        + " ".join(f"{'dec ' + short[p]:>10}" for p in POLICIES)
+        + " | "
+        + " ".join(f"{'cold ' + short[p]:>10}" for p in POLICIES)
+        + " | depth"
     )
     for r in rows:
-        o, dg, ad = r["original"], r["deltaglider"], r["adaptive"]
+        o, ad = r["original"], r["adaptive"]
         print(
-            f"{r['series']:<9} {r['versions']:>2} {o / 1e6:>8.2f} | {dg['stored'] / o:>6.3f} "
-            f"{ad['stored'] / o:>6.3f} {ad['keyframes']:>3} {r['chain'] / o:>6.3f} "
-            f"{r['zstd'] / o:>6.3f} {ad['stored'] / r['zstd']:>6.2f} | "
-            f"{dg['encode_s']:>7.3f} {ad['encode_s']:>7.3f} {dg['decode_s']:>7.3f} "
-            f"{ad['decode_s']:>7.3f} | {dg['max_depth']}/{ad['max_depth']}"
+            f"{r['series']:<9} {r['versions']:>2} {o / 1e6:>8.2f} | "
+            + " ".join(f"{r[p]['stored'] / o:>6.3f}" for p in POLICIES)
+            + f" {r['chain'] / o:>6.3f} {r['zstd'] / o:>6.3f} {ad['stored'] / r['zstd']:>6.2f} | "
+            + f"{r['adaptive-compatible']['hidden']:>2}/{ad['hidden']:>3} | "
+            + " ".join(f"{r[p]['encode_s']:>10.3f}" for p in POLICIES)
+            + " | "
+            + " ".join(f"{r[p]['decode_s']:>10.3f}" for p in POLICIES)
+            + " | "
+            + " ".join(f"{r[p]['deepest_cold_s']:>10.3f}" for p in POLICIES)
+            + " | "
+            + "/".join(str(r[p]["max_depth"]) for p in POLICIES)
         )
     print(
-        "stored/original: dg = deltaglider policy, adapt = adaptive (kf keyframes), chain = "
-        "xdelta3 vs previous, zstd = -19 --long=31 over the series; ad/zs = adaptive / zstd; "
-        "enc/dec = seconds per file (put/get through DeltaStore); depth = max decodes dg/adaptive"
+        "stored/original: dg = deltaglider policy, compat = adaptive-compatible, adapt = "
+        "adaptive, chain = xdelta3 vs previous, zstd = -19 --long=31 over the series; "
+        "ad/zs = adaptive / zstd (goal <= 1.25); hidden = hidden references compat/adapt; "
+        "enc/dec = seconds per file (put, then a cold-cache read in order); cold = seconds "
+        "to read the deepest file with an empty cache; depth = max sequential decodes per "
+        "file, dg/compat/adapt"
     )
-    return 0
 
 
 if __name__ == "__main__":
