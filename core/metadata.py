@@ -2,7 +2,9 @@
 
 Records live in memory and, when a database path is given, in a small SQLite file (0600) so a
 remount starts warm. A stored record is only ever used when LIST reports the same ETag and
-size for its key, so objects changed by other clients are always HEADed again.
+size for its key, so objects changed by other clients are always HEADed again. With
+`dir_index`, a cold directory is first looked up in its index object (core/dirindex.py), under
+the same rule, and the index is kept up to date by core/indexwriter.py.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from core import layout
+from core import dirindex, layout
 from core.deltastore import DeltaStore
 from core.errors import NotFound
+from core.indexwriter import IndexWriter
 from core.layout import ObjectRecord
 from core.objectstore import ObjectInfo
 
 log = logging.getLogger("dgfs.metadata")
 
 DEFAULT_HEAD_CONCURRENCY = 32
+INDEX_MIN_MISSES = 4  # uncached files of one directory in a LIST page worth an index GET
+INDEX_AFTER_HEADS = 32  # a reader that HEADed this many files of a directory rewrites its index
 
 
 class _Persisted:
@@ -76,17 +81,25 @@ class _Persisted:
 
 
 class RecordCache:
-    """stored key → ObjectRecord, trusted while LIST reports the same ETag and size."""
+    """stored key → ObjectRecord, trusted while LIST reports the same ETag and size.
+
+    `dir_index`: read directory index objects on cold listings; `index_writes`: also keep them
+    up to date (never on a read-only mount).
+    """
 
     def __init__(
         self,
         store: DeltaStore,
         head_concurrency: int = DEFAULT_HEAD_CONCURRENCY,
         db_path: Path | None = None,
+        dir_index: bool = False,
+        index_writes: bool = False,
     ) -> None:
         self.store = store
         self._records: dict[str, ObjectRecord] = {}
+        self._adopted: set[str] = set()  # our writes whose ETag came from a LIST, not a HEAD
         self._inflight: dict[str, Future] = {}
+        self._headed: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=head_concurrency, thread_name_prefix="head")
         self._db: _Persisted | None = None
@@ -97,20 +110,47 @@ class RecordCache:
                 log.warning(
                     "metadata cache %s unusable (%s); keeping it in memory only", db_path, exc
                 )
+        self._loads = dirindex.IndexLoads(store.store) if dir_index else None
+        self._writer: IndexWriter | None = None
+        if self._loads is not None and index_writes:
+            self._writer = IndexWriter(store.store, self._loads, self._for_index, self._head_many)
 
     def map(self, fn, items):
         """Run `fn` over `items` on the bounded HEAD pool (results in order)."""
         return self._pool.map(fn, items)
 
     def close(self) -> None:
+        """Write pending directory indexes, then stop the worker threads."""
+        if self._writer is not None:
+            self._writer.close()
+        if self._loads is not None:
+            self._loads.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._db is not None:
             self._db.close()
 
     def remember(self, record: ObjectRecord) -> None:
-        """Record what we just wrote or HEADed (written records get their ETag at next LIST)."""
+        """Record what we just wrote or changed (written records get their ETag at next LIST)."""
+        self._store(record)
+        self._changed(record.stored_key)
+
+    def forget(self, stored_key: str) -> None:
+        """A file we deleted or moved away."""
+        with self._lock:
+            self._records.pop(stored_key, None)
+            self._adopted.discard(stored_key)
+        if self._db is not None:
+            self._db.delete(stored_key)
+        self._changed(stored_key)
+
+    def _changed(self, stored_key: str) -> None:
+        if self._writer is not None:
+            self._writer.touch(layout.deltaspace_of(stored_key))
+
+    def _store(self, record: ObjectRecord, adopted: bool = False) -> None:
         with self._lock:
             self._records[record.stored_key] = record
+            (self._adopted.add if adopted else self._adopted.discard)(record.stored_key)
         if self._db is None:
             return
         if record.etag:
@@ -121,12 +161,6 @@ class RecordCache:
             # second), so it must not survive to the next mount
             self._db.delete(record.stored_key)
 
-    def forget(self, stored_key: str) -> None:
-        with self._lock:
-            self._records.pop(stored_key, None)
-        if self._db is not None:
-            self._db.delete(stored_key)
-
     def _valid(self, obj: ObjectInfo) -> ObjectRecord | None:
         with self._lock:
             record = self._records.get(obj.key)
@@ -135,7 +169,7 @@ class RecordCache:
                 return record
             if not record.etag:  # written by us: adopt the listed ETag
                 record = replace(record, etag=obj.etag, last_modified_ns=obj.last_modified_ns)
-                self.remember(record)
+                self._store(record, adopted=True)
                 return record
         if self._db is not None:
             record = self._db.get(obj)
@@ -146,14 +180,34 @@ class RecordCache:
         return None
 
     def prefetch(self, objects: list[ObjectInfo]) -> None:
-        """Start HEADs for objects not validly cached (called per LIST page, overlapping it)."""
-        for obj in objects:
-            if self._valid(obj) is not None:
-                continue
+        """Start HEADs for objects not validly cached (called per LIST page, overlapping it).
+
+        With directory indexes, a directory with several uncached files is looked up in its
+        index first (one GET); only the files it does not vouch for are HEADed.
+        """
+        misses = [obj for obj in objects if self._valid(obj) is None]
+        indexes = self._index_loads(misses)
+        for obj in misses:
             with self._lock:
                 if obj.key in self._inflight:
                     continue
-                self._inflight[obj.key] = self._pool.submit(self._head, obj)
+                index = indexes.get(layout.deltaspace_of(obj.key))
+                self._inflight[obj.key] = self._pool.submit(self._fetch, obj, index)
+
+    def _index_loads(self, misses: list[ObjectInfo]) -> dict[str, Future]:
+        """Index loads (started or recent) of the directories with enough uncached files."""
+        if self._loads is None or not misses:
+            return {}
+        counts: dict[str, int] = {}
+        for obj in misses:
+            prefix = layout.deltaspace_of(obj.key)
+            counts[prefix] = counts.get(prefix, 0) + 1
+        loads = {}
+        for prefix, count in counts.items():
+            future = self._loads.get(prefix, start=count >= INDEX_MIN_MISSES)
+            if future is not None:
+                loads[prefix] = future
+        return loads
 
     def resolve(self, objects: list[ObjectInfo]) -> list[ObjectRecord | None]:
         """Records for listed objects (None where the object vanished), HEADs in parallel."""
@@ -168,16 +222,59 @@ class RecordCache:
             results.append(record)
         return results
 
-    def _head(self, obj: ObjectInfo) -> ObjectRecord | None:
+    def _fetch(self, obj: ObjectInfo, index: Future | None) -> ObjectRecord | None:
+        """The record of one listed object: from its directory's index if it vouches, else HEAD."""
+        record = None
+        if index is not None:
+            try:
+                record = dirindex.record_for(index.result(), obj)
+            except Exception as exc:  # a cancelled load at close; the index is only a hint
+                log.debug("%s: directory index unavailable (%s)", obj.key, exc)
+        if record is None:
+            return self._head(obj)
+        self._store(record)
+        with self._lock:
+            self._inflight.pop(obj.key, None)
+        return record
+
+    def _head(self, obj: ObjectInfo, count: bool = True) -> ObjectRecord | None:
         try:
             record = self.store.head_record(obj.key)
-            self.remember(record)  # before leaving _inflight, so no caller HEADs it twice
+            self._store(record)  # before leaving _inflight, so no caller HEADs it twice
         except NotFound:
             record = None
         finally:
             with self._lock:
                 self._inflight.pop(obj.key, None)
+        if count and record is not None and self._writer is not None:
+            self._count_head(layout.deltaspace_of(obj.key))
         return record
+
+    def _count_head(self, prefix: str) -> None:
+        """A cold reader that HEADed many files of a directory indexes it for the next one."""
+        with self._lock:
+            self._headed[prefix] = self._headed.get(prefix, 0) + 1
+            due = self._headed[prefix] >= INDEX_AFTER_HEADS
+            if due:
+                del self._headed[prefix]
+        if due:
+            self._writer.touch(prefix)
+
+    # ------------------------------------------------------------ for the index writer
+
+    def _for_index(self, obj: ObjectInfo) -> tuple[ObjectRecord | None, bool]:
+        """(a record an index may publish for this listed object, whether to HEAD it first)."""
+        record = self._valid(obj)
+        with self._lock:
+            ours = obj.key in self._adopted or (
+                obj.key in self._records and not self._records[obj.key].etag
+            )
+        if ours:  # its ETag came from a LIST: only a HEAD ties the metadata to that ETag
+            return None, True
+        return record, False
+
+    def _head_many(self, objects: list[ObjectInfo]) -> list[ObjectRecord | None]:
+        return list(self._pool.map(lambda o: self._head(o, count=False), objects))
 
 
 def _same_second(modified_ns: int, obj: ObjectInfo) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from core import layout
+from core import dirindex, layout
 from core.cache import NotCacheable
 from core.deltastore import DeltaStore, DirListing, TooManyObjects, check_record
 from core.errors import DgError, InvalidName, NotFound
@@ -112,7 +112,12 @@ class DgfsOperations(pyfuse3.Operations):
         self.cache = cache
         self.opts = opts
         self.staging = staging
-        self.records = RecordCache(store, db_path=metadata_db_path(opts.cache_base, store))
+        self.records = RecordCache(
+            store,
+            db_path=metadata_db_path(opts.cache_base, store),
+            dir_index=opts.dir_index,
+            index_writes=opts.dir_index and not opts.read_only,
+        )
         self.inodes = InodeTable()
         self.dirs: dict[str, DirState] = {}
         self.handles: dict[int, Handle] = {}
@@ -610,6 +615,8 @@ class DgfsOperations(pyfuse3.Operations):
             raise _fuse_error(errno.ENOTEMPTY)
         if state.listing.reference is not None:
             await self._run(self.store.store.delete, state.listing.reference.key)
+        if state.listing.private:  # a directory index would keep the directory alive
+            await self._run(self.store.store.delete, dirindex.index_key(self._key(path)))
         await self._run(self.store.remove_dir_marker, self._key(path))
         self.dirs.pop(path, None)
         self._note_dir(path, False)

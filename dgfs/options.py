@@ -22,6 +22,7 @@ class FsOptions:
     max_threads: int = 16
     retry_interval: float = 10.0
     exclude: tuple[str, ...] = ()
+    dir_index: bool = True
 
 
 def parse_source(source: str) -> tuple[str, str]:
