@@ -41,6 +41,9 @@ class _Persisted:
         os.chmod(path, 0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # a cache: a power loss may drop the last rows (then they are HEADed again), but no
+        # fsync per row (a cold listing stores one row per file)
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, etag TEXT, size INTEGER,"
             " modified INTEGER, meta TEXT)"
@@ -189,10 +192,15 @@ class RecordCache:
         indexes = self._index_loads(misses)
         for obj in misses:
             with self._lock:
-                if obj.key in self._inflight:
-                    continue
+                if obj.key in self._inflight or self._in_memory(obj):
+                    continue  # (HEADed meanwhile)
                 index = indexes.get(layout.deltaspace_of(obj.key))
                 self._inflight[obj.key] = self._pool.submit(self._fetch, obj, index)
+
+    def _in_memory(self, obj: ObjectInfo) -> bool:
+        """Whether memory holds a record matching the listed object (lock held)."""
+        record = self._records.get(obj.key)
+        return record is not None and dirindex.matches(record, obj)
 
     def _index_loads(self, misses: list[ObjectInfo]) -> dict[str, Future]:
         """Index loads (started or recent) of the directories with enough uncached files."""
@@ -214,12 +222,9 @@ class RecordCache:
         self.prefetch(objects)
         results: list[ObjectRecord | None] = []
         for obj in objects:
-            record = self._valid(obj)
-            if record is None:
-                with self._lock:
-                    future = self._inflight.get(obj.key)
-                record = future.result() if future is not None else self._head(obj)
-            results.append(record)
+            with self._lock:
+                future = self._inflight.get(obj.key)
+            results.append(future.result() if future else self._valid(obj) or self._head(obj))
         return results
 
     def _fetch(self, obj: ObjectInfo, index: Future | None) -> ObjectRecord | None:
