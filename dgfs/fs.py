@@ -901,9 +901,12 @@ class DgfsOperations(pyfuse3.Operations):
         }
 
     async def getxattr(self, inode, name, ctx):
-        value = (await self._xattr_values(self._node(inode))).get(
-            name.decode(errors="surrogateescape")
-        )
+        node, name_s = self._node(inode), name.decode(errors="surrogateescape")
+        if node.is_dir and not xattrs.is_dg_name(name_s):
+            # a directory has only user.dg.* values: the kernel's ACL/SELinux probes on every
+            # lookup must not wait for the directory's stats
+            raise _fuse_error(pyfuse3.ENOATTR)
+        value = (await self._xattr_values(node)).get(name_s)
         if value is None:
             raise _fuse_error(pyfuse3.ENOATTR)
         return value
