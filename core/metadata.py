@@ -9,6 +9,7 @@ the same rule, and the index is kept up to date by core/indexwriter.py.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -61,18 +62,26 @@ class _Persisted:
         return layout.record_from_head(obj.key, obj.size, obj.etag, row[0], json.loads(row[1]))
 
     def put(self, record: ObjectRecord) -> None:
-        raw = layout.encode_metadata(record.metadata) if record.metadata else {}
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)",
-                (
-                    record.stored_key,
-                    record.etag,
-                    record.stored_size,
-                    record.last_modified_ns,
-                    json.dumps(raw),
-                ),
+        self.put_many([record])
+
+    def put_many(self, records: list[ObjectRecord]) -> None:
+        """Store records in one transaction."""
+        rows = [
+            (
+                r.stored_key,
+                r.etag,
+                r.stored_size,
+                r.last_modified_ns,
+                json.dumps(layout.encode_metadata(r.metadata) if r.metadata else {}),
             )
+            for r in records
+        ]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)", rows)
+            finally:
+                self._db.execute("COMMIT")
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -150,6 +159,15 @@ class RecordCache:
         if self._writer is not None:
             self._writer.touch(layout.deltaspace_of(stored_key))
 
+    def _store_many(self, records: list[ObjectRecord]) -> None:
+        """Keep records learned from the server (an index) in memory and SQLite at once."""
+        with self._lock:
+            for record in records:
+                self._records[record.stored_key] = record
+                self._adopted.discard(record.stored_key)
+        if self._db is not None and records:
+            self._db.put_many(records)
+
     def _store(self, record: ObjectRecord, adopted: bool = False) -> None:
         with self._lock:
             self._records[record.stored_key] = record
@@ -190,12 +208,20 @@ class RecordCache:
         """
         misses = [obj for obj in objects if self._valid(obj) is None]
         indexes = self._index_loads(misses)
+        batches: dict[str, list[tuple[ObjectInfo, Future]]] = {}
         for obj in misses:
             with self._lock:
                 if obj.key in self._inflight or self._in_memory(obj):
                     continue  # (HEADed meanwhile)
-                index = indexes.get(layout.deltaspace_of(obj.key))
-                self._inflight[obj.key] = self._pool.submit(self._fetch, obj, index)
+                prefix = layout.deltaspace_of(obj.key)
+                if prefix in indexes:
+                    future: Future = Future()
+                    batches.setdefault(prefix, []).append((obj, future))
+                else:
+                    future = self._pool.submit(self._head, obj)
+                self._inflight[obj.key] = future
+        for prefix, batch in batches.items():
+            indexes[prefix].add_done_callback(functools.partial(self._from_index, batch))
 
     def _in_memory(self, obj: ObjectInfo) -> bool:
         """Whether memory holds a record matching the listed object (lock held)."""
@@ -227,20 +253,41 @@ class RecordCache:
             results.append(future.result() if future else self._valid(obj) or self._head(obj))
         return results
 
-    def _fetch(self, obj: ObjectInfo, index: Future | None) -> ObjectRecord | None:
-        """The record of one listed object: from its directory's index if it vouches, else HEAD."""
-        record = None
-        if index is not None:
+    def _from_index(self, batch: list[tuple[ObjectInfo, Future]], index: Future) -> None:
+        """Complete a batch of lookups from a loaded index; HEAD what it does not vouch for.
+
+        Runs as the index load's done-callback: it must complete every future, whatever fails.
+        """
+        found: list[tuple[Future, ObjectRecord]] = []
+        rest = batch
+        try:
+            entries = index.result()
+            found, rest = [], []
+            for obj, future in batch:
+                record = dirindex.record_for(entries, obj)
+                if record is None:
+                    rest.append((obj, future))
+                else:
+                    found.append((future, record))
+            self._store_many([record for _, record in found])
+        except Exception as exc:  # the index is only a hint: HEAD everything instead
+            log.info("directory index unusable (%s); HEADing", exc)
+            found, rest = [], batch
+        for future, record in found:
+            with self._lock:
+                self._inflight.pop(record.stored_key, None)
+            future.set_result(record)
+        for obj, future in rest:
             try:
-                record = dirindex.record_for(index.result(), obj)
-            except Exception as exc:  # a cancelled load at close; the index is only a hint
-                log.debug("%s: directory index unavailable (%s)", obj.key, exc)
-        if record is None:
-            return self._head(obj)
-        self._store(record)
-        with self._lock:
-            self._inflight.pop(obj.key, None)
-        return record
+                self._pool.submit(self._head_into, obj, future)
+            except RuntimeError as exc:  # pool shut down (closing)
+                future.set_exception(exc)
+
+    def _head_into(self, obj: ObjectInfo, future: Future) -> None:
+        try:
+            future.set_result(self._head(obj))
+        except BaseException as exc:
+            future.set_exception(exc)
 
     def _head(self, obj: ObjectInfo, count: bool = True) -> ObjectRecord | None:
         try:
