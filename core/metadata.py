@@ -155,6 +155,12 @@ class RecordCache:
             self._db.delete(stored_key)
         self._changed(stored_key)
 
+    def index_maybe_stale(self, prefix: str) -> None:
+        """A listing found no files in `prefix` but a `.dgfs/` sub-prefix: rewrite (i.e. drop)
+        its index soon, so that it does not keep a directory emptied by another tool alive."""
+        if self._writer is not None:
+            self._writer.touch(prefix)
+
     def _changed(self, stored_key: str) -> None:
         if self._writer is not None:
             self._writer.touch(layout.deltaspace_of(stored_key))

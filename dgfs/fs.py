@@ -152,6 +152,8 @@ class DgfsOperations(pyfuse3.Operations):
         listing = await self._run(self.store.list_dir, self._key(path), self.records.prefetch)
         if listing.stale and not self.opts.read_only:
             await self._run(self.store.cleanup_stale, listing.stale)
+        if listing.private and not listing.files and not listing.dirs:
+            self.records.index_maybe_stale(self._key(path))  # it would keep the dir alive
         for key in listing.skipped:
             if key not in self._warned:
                 self._warned.add(key)
@@ -902,6 +904,8 @@ class DgfsOperations(pyfuse3.Operations):
 
     async def getxattr(self, inode, name, ctx):
         node, name_s = self._node(inode), name.decode(errors="surrogateescape")
+        if node.ino == pyfuse3.ROOT_INODE and name_s == xattrs.STATUS_NAME:
+            return json.dumps(self.status()).encode()  # without computing (and counting) stats
         if node.is_dir and not xattrs.is_dg_name(name_s):
             # a directory has only user.dg.* values: the kernel's ACL/SELinux probes on every
             # lookup must not wait for the directory's stats

@@ -233,3 +233,19 @@ def test_quiet_directory_is_indexed_while_mounted(mounter, bucket, objectstore):
             time.sleep(0.5)
     entries = dirindex.decode("", objectstore.get_bytes(index))
     assert {n: e.size for n, e in entries.items()} == {f"f{i}": 100 + i for i in range(5)}
+
+
+def test_directory_emptied_by_another_tool_goes_away(mounter, bucket, objectstore, tmp_path):
+    _fill(mounter, bucket)
+    for page in objectstore.list_pages("d/", None):
+        for obj in page.objects:
+            if obj.key != INDEX:
+                objectstore.delete(obj.key)
+    m = _cold(mounter, bucket, tmp_path, "look", "--metadata-ttl", "1")
+    assert os.listdir(m.path / "d") == []  # only its index is left: shown empty, then dropped
+    deadline = time.monotonic() + 15
+    while "d" in os.listdir(m.path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "d" not in os.listdir(m.path)
+    with pytest.raises(NotFound):
+        objectstore.head(INDEX)
