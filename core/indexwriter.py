@@ -71,8 +71,12 @@ class IndexWriter:
             thread = self._thread
         if thread is not None:
             thread.join()
-        for prefix in self._take(lambda _: True):
-            self._write(prefix)
+        pending = self._take(lambda _: True)
+        for done, prefix in enumerate(pending):
+            left = len(pending) - done - 1
+            if not self._write(prefix) and left:  # S3 unreachable: do not hold up the unmount
+                log.warning("%d more directory index(es) left unwritten", left)
+                return
 
     def _take(self, due) -> list[str]:
         with self._cond:
@@ -94,13 +98,16 @@ class IndexWriter:
             for prefix in self._take(lambda t: time.monotonic() - t >= self.quiet):
                 self._write(prefix)
 
-    def _write(self, prefix: str) -> None:
+    def _write(self, prefix: str) -> bool:
+        """Rewrite one directory's index; False (logged) if that failed."""
         try:
             self.rewrite(prefix)
+            return True
         except (DgError, OSError) as exc:
             log.warning("directory index of %r not written: %s", prefix, exc)
         except Exception:
             log.exception("directory index of %r not written", prefix)
+        return False
 
     def rewrite(self, prefix: str) -> None:
         """LIST `prefix` and write its index (delete it when the directory has no files)."""

@@ -324,10 +324,11 @@ class RecordCache:
         """(a record an index may publish for this listed object, whether to HEAD it first)."""
         record = self._valid(obj)
         with self._lock:
-            ours = obj.key in self._adopted or (
-                obj.key in self._records and not self._records[obj.key].etag
-            )
-        if ours:  # its ETag came from a LIST: only a HEAD ties the metadata to that ETag
+            known = self._records.get(obj.key)
+            adopted = obj.key in self._adopted
+        if adopted or (known is not None and (record is None or not known.etag)):
+            # its ETag came from a LIST (only a HEAD ties metadata to an ETag), or we know an
+            # older state of it (e.g. our chmod's self-copy moved its LastModified)
             return None, True
         return record, False
 

@@ -249,3 +249,16 @@ def test_directory_emptied_by_another_tool_goes_away(mounter, bucket, objectstor
     assert "d" not in os.listdir(m.path)
     with pytest.raises(NotFound):
         objectstore.head(INDEX)
+
+
+def test_chmod_through_a_mount_is_indexed(mounter, bucket, tmp_path):
+    sizes = _fill(mounter, bucket)
+    m = _cold(mounter, bucket, tmp_path, "chmod")
+    for name in ("v00.bin", "small.txt"):
+        (m.path / "d" / name).chmod(0o600)
+    assert m.umount().returncode == 0
+    cold = _cold(mounter, bucket, tmp_path, "cold")
+    assert _sizes(cold) == sizes
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (cold.path / "d").iterdir()}
+    assert modes["v00.bin"] == modes["small.txt"] == 0o600
+    assert _status(cold.path)["s3_requests"].get("head", 0) == DIR_HEAD
