@@ -1,10 +1,13 @@
 """Per-directory index objects: a cold listing costs LIST + one GET instead of a HEAD per file.
 
-`{dir}/.dgfs/index.json.gz` (gzip JSON) holds, for each file object of the directory, what a
-HEAD returned: ETag, size, LastModified and the raw user metadata. It is only a hint: an entry
-is used only when the LIST the reader just did reports the same ETag, size and LastModified
-second for that key (the rule of the SQLite record cache), so objects written by any other
-tool are always HEADed. A missing, stale, foreign or corrupt index is ignored (logged).
+`{dir}/.dgfs/index/reference.bin` (gzip JSON) holds, for each file object of the directory, what
+a HEAD returned: ETag, size, LastModified and the raw user metadata. It is not a reference (no
+delta names it): deltaglider 6.2.0 hides exactly that name from `ls`, `sync` and its object
+counts, as it does for the adaptive policy's keyframes, so deltaglider never shows it as a file.
+It is only a hint: an entry is used only when the LIST the reader just did reports the same
+ETag, size and LastModified second for that key (the rule of the SQLite record cache), so
+objects written by any other tool are always HEADed. A missing, stale, foreign or corrupt
+index is ignored (logged).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from core.objectstore import ObjectInfo, ObjectStore
 log = logging.getLogger("dgfs.dirindex")
 
 INDEX_DIR = ".dgfs"
-INDEX_NAME = "index.json.gz"
+INDEX_NAME = f"index/{layout.REFERENCE_NAME}"
 FORMAT = "dgfs-dir-index"
 VERSION = 1
 MAX_STORED = 64 * 2**20  # a bigger object under the index key is not ours: ignored
