@@ -7,13 +7,18 @@ Uses the harness of scripts/bench/run.py (private ministack server whose DEBUG l
 S3 requests per bucket; rclone from .venv/bin/rclone, see run.sh). Rows: dgfs with the index,
 dgfs --no-dir-index (same objects), rclone mount default and --use-server-modtime (its own
 bucket, populated through rclone). Also reports what writing the index cost at unmount.
+`--direct-populate` (for 10k files: rsync through a mount takes long on a small machine) PUTs
+the files with boto3 instead, with dgfs's / rclone's attribute metadata, and lets one dgfs
+mount list them once, so that its index is written as a cold reader writes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +40,38 @@ def populate(b: harness.Bench, system: str, bucket: str, src: Path, n: int) -> N
     offset = b.log_offset()
     m.umount()
     harness.log(f"  {system}: requests at unmount {dict(b.requests_since(offset, bucket))}")
+
+
+def put_direct(b: harness.Bench, dgfs_bucket: str, rclone_bucket: str, src: Path) -> None:
+    """PUT every file twice: as dgfs writes a direct file, and as rclone does (mtime)."""
+
+    def put(path: Path) -> None:
+        data, st = path.read_bytes(), path.stat()
+        key = f"d/{path.name}"
+        dgfs_meta = {
+            "dg-tool": "dgfs/bench",
+            "dg-original-name": path.name,
+            "dg-file-sha256": hashlib.sha256(data).hexdigest(),
+            "dg-file-size": str(len(data)),
+            "dg-compression": "none",
+            "dgfs-mode": str(st.st_mode),
+            "dgfs-uid": str(st.st_uid),
+            "dgfs-gid": str(st.st_gid),
+            "dgfs-mtime": str(st.st_mtime_ns),
+        }
+        b.s3.put_object(Bucket=dgfs_bucket, Key=key, Body=data, Metadata=dgfs_meta)
+        rclone_meta = {"mtime": f"{st.st_mtime_ns / 1e9:.9f}"}
+        b.s3.put_object(Bucket=rclone_bucket, Key=key, Body=data, Metadata=rclone_meta)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, sorted(src.iterdir())))
+    m = b.mount("dgfs", dgfs_bucket, "first-reader", ("--metadata-ttl", "60"))
+    harness.run(["ls", "-l", m.path / "d"])
+    offset = b.log_offset()
+    m.umount()
+    harness.log(
+        f"  first reader: requests at unmount {dict(b.requests_since(offset, dgfs_bucket))}"
+    )
 
 
 def cold_ls(b: harness.Bench, label: str, bucket: str, n: int, repeat: int) -> None:
@@ -62,6 +99,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tmp", default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--direct-populate", action="store_true", help="PUT with boto3 (see above)")
     args = ap.parse_args()
     args.quick = False
     b = harness.Bench(args)
@@ -70,8 +108,11 @@ def main() -> int:
         src = b.tmp / "src"
         harness.make_meta_dir(src, args.files, args.files)
         dgfs_bucket, rclone_bucket = b.bucket("idx-dgfs"), b.bucket("idx-rclone")
-        populate(b, "dgfs", dgfs_bucket, src, args.files)
-        populate(b, "rclone", rclone_bucket, src, args.files)
+        if args.direct_populate:
+            put_direct(b, dgfs_bucket, rclone_bucket, src)
+        else:
+            populate(b, "dgfs", dgfs_bucket, src, args.files)
+            populate(b, "rclone", rclone_bucket, src, args.files)
         print(f"cold ls -l of {args.files} files, median of {args.repeat} fresh mounts:")
         for label, (system, _) in SYSTEMS.items():
             cold_ls(
