@@ -75,6 +75,18 @@ def _flag(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def dir_index_enabled(
+    value: bool | str | None = None, env: Mapping[str, str] | None = None
+) -> bool:
+    """Whether directory index objects are used: `value` (flag or `-o` text) if given, else
+    `DG_DIR_INDEX` (default on)."""
+    if isinstance(value, bool):
+        return value
+    env = os.environ if env is None else env
+    text = value if value is not None else env.get("DG_DIR_INDEX", "1")
+    return _flag(text) if text.strip() else True
+
+
 def _number(name: str, value: str, kind: type = float) -> float | int:
     try:
         return kind(value)

@@ -57,6 +57,7 @@ class DirListing:
     stale: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     reference: ObjectInfo | None = None
+    private: bool = False  # the directory has a hidden `.dgfs/` sub-prefix (keyframes, index)
 
 
 def _valid_segment(name: str) -> bool:
@@ -132,6 +133,7 @@ class DeltaStore:
             for p in page.prefixes:
                 name = p[len(base) : -1]
                 if name in layout.HIDDEN_SEGMENTS:
+                    listing.private = listing.private or name == ".dgfs"
                     continue
                 if _valid_segment(name):
                     listing.dirs.add(name)

@@ -2,11 +2,14 @@
 
 Records live in memory and, when a database path is given, in a small SQLite file (0600) so a
 remount starts warm. A stored record is only ever used when LIST reports the same ETag and
-size for its key, so objects changed by other clients are always HEADed again.
+size for its key, so objects changed by other clients are always HEADed again. With
+`dir_index`, a cold directory is first looked up in its index object (core/dirindex.py), under
+the same rule, and the index is kept up to date by core/indexwriter.py.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -16,15 +19,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from core import layout
+from core import dirindex, layout
 from core.deltastore import DeltaStore
 from core.errors import NotFound
+from core.indexwriter import IndexWriter
 from core.layout import ObjectRecord
 from core.objectstore import ObjectInfo
 
 log = logging.getLogger("dgfs.metadata")
 
 DEFAULT_HEAD_CONCURRENCY = 32
+INDEX_MIN_MISSES = 4  # uncached files of one directory in a LIST page worth an index GET
+INDEX_AFTER_HEADS = 32  # a reader that HEADed this many files of a directory rewrites its index
 
 
 class _Persisted:
@@ -36,6 +42,9 @@ class _Persisted:
         os.chmod(path, 0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # a cache: a power loss may drop the last rows (then they are HEADed again), but no
+        # fsync per row (a cold listing stores one row per file)
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, etag TEXT, size INTEGER,"
             " modified INTEGER, meta TEXT)"
@@ -53,18 +62,26 @@ class _Persisted:
         return layout.record_from_head(obj.key, obj.size, obj.etag, row[0], json.loads(row[1]))
 
     def put(self, record: ObjectRecord) -> None:
-        raw = layout.encode_metadata(record.metadata) if record.metadata else {}
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)",
-                (
-                    record.stored_key,
-                    record.etag,
-                    record.stored_size,
-                    record.last_modified_ns,
-                    json.dumps(raw),
-                ),
+        self.put_many([record])
+
+    def put_many(self, records: list[ObjectRecord]) -> None:
+        """Store records in one transaction."""
+        rows = [
+            (
+                r.stored_key,
+                r.etag,
+                r.stored_size,
+                r.last_modified_ns,
+                json.dumps(layout.encode_metadata(r.metadata) if r.metadata else {}),
             )
+            for r in records
+        ]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)", rows)
+            finally:
+                self._db.execute("COMMIT")
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -76,17 +93,25 @@ class _Persisted:
 
 
 class RecordCache:
-    """stored key → ObjectRecord, trusted while LIST reports the same ETag and size."""
+    """stored key → ObjectRecord, trusted while LIST reports the same ETag and size.
+
+    `dir_index`: read directory index objects on cold listings; `index_writes`: also keep them
+    up to date (never on a read-only mount).
+    """
 
     def __init__(
         self,
         store: DeltaStore,
         head_concurrency: int = DEFAULT_HEAD_CONCURRENCY,
         db_path: Path | None = None,
+        dir_index: bool = False,
+        index_writes: bool = False,
     ) -> None:
         self.store = store
         self._records: dict[str, ObjectRecord] = {}
+        self._adopted: set[str] = set()  # our writes whose ETag came from a LIST, not a HEAD
         self._inflight: dict[str, Future] = {}
+        self._headed: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=head_concurrency, thread_name_prefix="head")
         self._db: _Persisted | None = None
@@ -97,20 +122,62 @@ class RecordCache:
                 log.warning(
                     "metadata cache %s unusable (%s); keeping it in memory only", db_path, exc
                 )
+        self._loads = dirindex.IndexLoads(store.store) if dir_index else None
+        self._writer: IndexWriter | None = None
+        if self._loads is not None and index_writes:
+            self._writer = IndexWriter(store.store, self._loads, self._for_index, self._head_many)
 
     def map(self, fn, items):
         """Run `fn` over `items` on the bounded HEAD pool (results in order)."""
         return self._pool.map(fn, items)
 
     def close(self) -> None:
+        """Write pending directory indexes, then stop the worker threads."""
+        if self._writer is not None:
+            self._writer.close()
+        if self._loads is not None:
+            self._loads.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._db is not None:
             self._db.close()
 
     def remember(self, record: ObjectRecord) -> None:
-        """Record what we just wrote or HEADed (written records get their ETag at next LIST)."""
+        """Record what we just wrote or changed (written records get their ETag at next LIST)."""
+        self._store(record)
+        self._changed(record.stored_key)
+
+    def forget(self, stored_key: str) -> None:
+        """A file we deleted or moved away."""
+        with self._lock:
+            self._records.pop(stored_key, None)
+            self._adopted.discard(stored_key)
+        if self._db is not None:
+            self._db.delete(stored_key)
+        self._changed(stored_key)
+
+    def index_maybe_stale(self, prefix: str) -> None:
+        """A listing found no files in `prefix` but a `.dgfs/` sub-prefix: rewrite (i.e. drop)
+        its index soon, so that it does not keep a directory emptied by another tool alive."""
+        if self._writer is not None:
+            self._writer.touch(prefix)
+
+    def _changed(self, stored_key: str) -> None:
+        if self._writer is not None:
+            self._writer.touch(layout.deltaspace_of(stored_key))
+
+    def _store_many(self, records: list[ObjectRecord]) -> None:
+        """Keep records learned from the server (an index) in memory and SQLite at once."""
+        with self._lock:
+            for record in records:
+                self._records[record.stored_key] = record
+                self._adopted.discard(record.stored_key)
+        if self._db is not None and records:
+            self._db.put_many(records)
+
+    def _store(self, record: ObjectRecord, adopted: bool = False) -> None:
         with self._lock:
             self._records[record.stored_key] = record
+            (self._adopted.add if adopted else self._adopted.discard)(record.stored_key)
         if self._db is None:
             return
         if record.etag:
@@ -121,12 +188,6 @@ class RecordCache:
             # second), so it must not survive to the next mount
             self._db.delete(record.stored_key)
 
-    def forget(self, stored_key: str) -> None:
-        with self._lock:
-            self._records.pop(stored_key, None)
-        if self._db is not None:
-            self._db.delete(stored_key)
-
     def _valid(self, obj: ObjectInfo) -> ObjectRecord | None:
         with self._lock:
             record = self._records.get(obj.key)
@@ -135,7 +196,7 @@ class RecordCache:
                 return record
             if not record.etag:  # written by us: adopt the listed ETag
                 record = replace(record, etag=obj.etag, last_modified_ns=obj.last_modified_ns)
-                self.remember(record)
+                self._store(record, adopted=True)
                 return record
         if self._db is not None:
             record = self._db.get(obj)
@@ -146,38 +207,133 @@ class RecordCache:
         return None
 
     def prefetch(self, objects: list[ObjectInfo]) -> None:
-        """Start HEADs for objects not validly cached (called per LIST page, overlapping it)."""
-        for obj in objects:
-            if self._valid(obj) is not None:
-                continue
+        """Start HEADs for objects not validly cached (called per LIST page, overlapping it).
+
+        With directory indexes, a directory with several uncached files is looked up in its
+        index first (one GET); only the files it does not vouch for are HEADed.
+        """
+        misses = [obj for obj in objects if self._valid(obj) is None]
+        indexes = self._index_loads(misses)
+        batches: dict[str, list[tuple[ObjectInfo, Future]]] = {}
+        for obj in misses:
             with self._lock:
-                if obj.key in self._inflight:
-                    continue
-                self._inflight[obj.key] = self._pool.submit(self._head, obj)
+                if obj.key in self._inflight or self._in_memory(obj):
+                    continue  # (HEADed meanwhile)
+                prefix = layout.deltaspace_of(obj.key)
+                if prefix in indexes:
+                    future: Future = Future()
+                    batches.setdefault(prefix, []).append((obj, future))
+                else:
+                    future = self._pool.submit(self._head, obj)
+                self._inflight[obj.key] = future
+        for prefix, batch in batches.items():
+            indexes[prefix].add_done_callback(functools.partial(self._from_index, batch))
+
+    def _in_memory(self, obj: ObjectInfo) -> bool:
+        """Whether memory holds a record matching the listed object (lock held)."""
+        record = self._records.get(obj.key)
+        return record is not None and dirindex.matches(record, obj)
+
+    def _index_loads(self, misses: list[ObjectInfo]) -> dict[str, Future]:
+        """Index loads (started or recent) of the directories with enough uncached files."""
+        if self._loads is None or not misses:
+            return {}
+        counts: dict[str, int] = {}
+        for obj in misses:
+            prefix = layout.deltaspace_of(obj.key)
+            counts[prefix] = counts.get(prefix, 0) + 1
+        loads = {}
+        for prefix, count in counts.items():
+            future = self._loads.get(prefix, start=count >= INDEX_MIN_MISSES)
+            if future is not None:
+                loads[prefix] = future
+        return loads
 
     def resolve(self, objects: list[ObjectInfo]) -> list[ObjectRecord | None]:
         """Records for listed objects (None where the object vanished), HEADs in parallel."""
         self.prefetch(objects)
         results: list[ObjectRecord | None] = []
         for obj in objects:
-            record = self._valid(obj)
-            if record is None:
-                with self._lock:
-                    future = self._inflight.get(obj.key)
-                record = future.result() if future is not None else self._head(obj)
-            results.append(record)
+            with self._lock:
+                future = self._inflight.get(obj.key)
+            results.append(future.result() if future else self._valid(obj) or self._head(obj))
         return results
 
-    def _head(self, obj: ObjectInfo) -> ObjectRecord | None:
+    def _from_index(self, batch: list[tuple[ObjectInfo, Future]], index: Future) -> None:
+        """Complete a batch of lookups from a loaded index; HEAD what it does not vouch for.
+
+        Runs as the index load's done-callback: it must complete every future, whatever fails.
+        """
+        found: list[tuple[Future, ObjectRecord]] = []
+        rest = batch
+        try:
+            entries = index.result()
+            found, rest = [], []
+            for obj, future in batch:
+                record = dirindex.record_for(entries, obj)
+                if record is None:
+                    rest.append((obj, future))
+                else:
+                    found.append((future, record))
+            self._store_many([record for _, record in found])
+        except Exception as exc:  # the index is only a hint: HEAD everything instead
+            log.info("directory index unusable (%s); HEADing", exc)
+            found, rest = [], batch
+        for future, record in found:
+            with self._lock:
+                self._inflight.pop(record.stored_key, None)
+            future.set_result(record)
+        for obj, future in rest:
+            try:
+                self._pool.submit(self._head_into, obj, future)
+            except RuntimeError as exc:  # pool shut down (closing)
+                future.set_exception(exc)
+
+    def _head_into(self, obj: ObjectInfo, future: Future) -> None:
+        try:
+            future.set_result(self._head(obj))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    def _head(self, obj: ObjectInfo, count: bool = True) -> ObjectRecord | None:
         try:
             record = self.store.head_record(obj.key)
-            self.remember(record)  # before leaving _inflight, so no caller HEADs it twice
+            self._store(record)  # before leaving _inflight, so no caller HEADs it twice
         except NotFound:
             record = None
         finally:
             with self._lock:
                 self._inflight.pop(obj.key, None)
+        if count and record is not None and self._writer is not None:
+            self._count_head(layout.deltaspace_of(obj.key))
         return record
+
+    def _count_head(self, prefix: str) -> None:
+        """A cold reader that HEADed many files of a directory indexes it for the next one."""
+        with self._lock:
+            self._headed[prefix] = self._headed.get(prefix, 0) + 1
+            due = self._headed[prefix] >= INDEX_AFTER_HEADS
+            if due:
+                del self._headed[prefix]
+        if due:
+            self._writer.touch(prefix)
+
+    # ------------------------------------------------------------ for the index writer
+
+    def _for_index(self, obj: ObjectInfo) -> tuple[ObjectRecord | None, bool]:
+        """(a record an index may publish for this listed object, whether to HEAD it first)."""
+        record = self._valid(obj)
+        with self._lock:
+            known = self._records.get(obj.key)
+            adopted = obj.key in self._adopted
+        if adopted or (known is not None and (record is None or not known.etag)):
+            # its ETag came from a LIST (only a HEAD ties metadata to an ETag), or we know an
+            # older state of it (e.g. our chmod's self-copy moved its LastModified)
+            return None, True
+        return record, False
+
+    def _head_many(self, objects: list[ObjectInfo]) -> list[ObjectRecord | None]:
+        return list(self._pool.map(lambda o: self._head(o, count=False), objects))
 
 
 def _same_second(modified_ns: int, obj: ObjectInfo) -> bool:

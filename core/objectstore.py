@@ -8,6 +8,8 @@ download streams are retried here.
 from __future__ import annotations
 
 import collections
+import datetime as dt
+import email.utils
 import hashlib
 import logging
 import threading
@@ -18,6 +20,8 @@ from typing import BinaryIO
 
 import boto3
 import botocore.exceptions as bce
+import botocore.session
+import botocore.utils
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
@@ -93,6 +97,21 @@ def _client_config(s: S3Settings) -> Config:
     )
 
 
+def _timestamp(value: str) -> dt.datetime:
+    """botocore's timestamp parser without dateutil (45 µs per value: most of the time spent on
+    a 1000-key LIST page): ISO 8601 from XML bodies, RFC 1123 from headers, else botocore's."""
+    try:
+        if "T" in value:
+            parsed = dt.datetime.fromisoformat(value)
+        else:
+            parsed = email.utils.parsedate_to_datetime(value)
+        if parsed.tzinfo is not None:
+            return parsed
+    except (TypeError, ValueError):
+        pass
+    return botocore.utils.parse_timestamp(value)
+
+
 def _ns(timestamp) -> int:
     return int(timestamp.timestamp() * 1e9) if timestamp is not None else 0
 
@@ -103,7 +122,13 @@ class ObjectStore:
     def __init__(self, bucket: str, settings: S3Settings) -> None:
         self.bucket = bucket
         self.settings = settings
-        session = boto3.session.Session(profile_name=settings.profile)
+        core_session = botocore.session.get_session()
+        core_session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=_timestamp
+        )
+        session = boto3.session.Session(
+            profile_name=settings.profile, botocore_session=core_session
+        )
         verify: bool | str = settings.ca_bundle or settings.verify_tls
         try:
             self._client = session.client(

@@ -128,6 +128,8 @@ FLAG_OPTIONS = {
     "foreground": "foreground",
 }
 
+NEGATED_OPTIONS = {"no_dir_index": "dir_index"}
+
 
 def parse_o_options(values: tuple[str, ...]) -> dict[str, str | bool]:
     """`-o a=1,b,rw` → {'a': '1', 'b': True}; generic fstab options are dropped."""
@@ -137,6 +139,9 @@ def parse_o_options(values: tuple[str, ...]) -> dict[str, str | bool]:
             name, sep, val = item.partition("=")
             name = name.strip().replace("-", "_")
             if name in GENERIC_MOUNT_OPTIONS or name.startswith(("x_systemd", "x-systemd")):
+                continue
+            if name in NEGATED_OPTIONS and not sep:
+                out[NEGATED_OPTIONS[name]] = False
                 continue
             out[FLAG_OPTIONS.get(name, name)] = val if sep else True
     return out
@@ -177,6 +182,11 @@ def _mount_options(f):
         ),
         click.option("--extensions-only", is_flag=True, help="deltaglider's extension list only."),
         click.option("--metadata-ttl", type=float, help="Seconds to trust cached metadata."),
+        click.option(
+            "--dir-index/--no-dir-index",
+            default=None,
+            help="Use and maintain per-directory index objects (default: DG_DIR_INDEX or on).",
+        ),
         click.option("--rename-dir-limit", type=int, help="Max objects moved by a dir rename."),
         click.option(
             "--temp-upload-delay",

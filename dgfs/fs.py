@@ -23,7 +23,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from core import layout
+from core import dirindex, layout
 from core.cache import NotCacheable
 from core.deltastore import DeltaStore, DirListing, TooManyObjects, check_record
 from core.errors import DgError, InvalidName, NotFound
@@ -115,7 +115,12 @@ class DgfsOperations(pyfuse3.Operations):
         self.cache = cache
         self.opts = opts
         self.staging = staging
-        self.records = RecordCache(store, db_path=metadata_db_path(opts.cache_base, store))
+        self.records = RecordCache(
+            store,
+            db_path=metadata_db_path(opts.cache_base, store),
+            dir_index=opts.dir_index,
+            index_writes=opts.dir_index and not opts.read_only,
+        )
         self.inodes = InodeTable()
         self.dirs: dict[str, DirState] = {}
         self.handles: dict[int, Handle] = {}
@@ -150,6 +155,8 @@ class DgfsOperations(pyfuse3.Operations):
         listing = await self._run(self.store.list_dir, self._key(path), self.records.prefetch)
         if listing.stale and not self.opts.read_only:
             await self._run(self.store.cleanup_stale, listing.stale)
+        if listing.private and not listing.files and not listing.dirs:
+            self.records.index_maybe_stale(self._key(path))  # it would keep the dir alive
         for key in listing.skipped:
             if key not in self._warned:
                 self._warned.add(key)
@@ -624,6 +631,8 @@ class DgfsOperations(pyfuse3.Operations):
             raise _fuse_error(errno.ENOTEMPTY)
         if state.listing.reference is not None:
             await self._run(self.store.store.delete, state.listing.reference.key)
+        if state.listing.private:  # a directory index would keep the directory alive
+            await self._run(self.store.store.delete, dirindex.index_key(self._key(path)))
         await self._run(self.store.remove_dir_marker, self._key(path))
         self.dirs.pop(path, None)
         self._note_dir(path, False)
@@ -931,9 +940,16 @@ class DgfsOperations(pyfuse3.Operations):
         }
 
     async def getxattr(self, inode, name, ctx):
-        value = (await self._xattr_values(self._node(inode))).get(
-            name.decode(errors="surrogateescape")
-        )
+        node, name_s = self._node(inode), name.decode(errors="surrogateescape")
+        if node.ino == pyfuse3.ROOT_INODE and name_s == xattrs.STATUS_NAME:
+            return json.dumps(self.status()).encode()  # without computing (and counting) stats
+        if not name_s.startswith(xattrs.USER_PREFIX) or (
+            node.is_dir and not xattrs.is_dg_name(name_s)
+        ):
+            # every value is user.* (a directory's only user.dg.*): the ACL/SELinux probes of
+            # `ls -l` and the kernel must not wait for (or even compute) a directory's stats
+            raise _fuse_error(pyfuse3.ENOATTR)
+        value = (await self._xattr_values(node)).get(name_s)
         if value is None:
             raise _fuse_error(pyfuse3.ENOATTR)
         return value

@@ -10,7 +10,12 @@ import click
 
 from core.cache import CacheConfigError, CacheSettings
 from core.cache.settings import default_cache_dir
-from core.config import ConfigError, delta_settings_from_env, s3_settings_from_env
+from core.config import (
+    ConfigError,
+    delta_settings_from_env,
+    dir_index_enabled,
+    s3_settings_from_env,
+)
 from dgfs.mount import MountConfig
 from dgfs.options import FsOptions, parse_source
 
@@ -126,6 +131,7 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
         read_only=bool(opts.get("read_only")),
         cache_base=base,
         exclude=tuple(opts.get("exclude") or ()),
+        dir_index=dir_index_enabled(opts.get("dir_index")),
     )
     for name in ("uid", "gid", "metadata_ttl", "rename_dir_limit", "temp_upload_delay"):
         if opts.get(name) is not None:

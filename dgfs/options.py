@@ -23,6 +23,7 @@ class FsOptions:
     retry_interval: float = 10.0
     temp_upload_delay: float = 5.0
     exclude: tuple[str, ...] = ()
+    dir_index: bool = True
 
 
 def parse_source(source: str) -> tuple[str, str]:

@@ -112,7 +112,8 @@ def fault_rules(kind: str) -> list[Rule]:
     burst = BURST if LONG or kind == "5xx" else set()
     if kind == "5xx":  # ~30 % of requests answered 500 InternalError or 503 SlowDown
         return [
-            Rule("slowdown", {"PUT"}, schedule=burst),
+            # the burst must meet file uploads, not a background PUT (the directory index)
+            Rule("slowdown", {"PUT"}, schedule=burst, path_contains=".zip"),
             Rule("error500", methods if LONG else {"PUT"}, probability=0.15),
             Rule("slowdown", methods if LONG else {"PUT"}, probability=0.15),
         ]

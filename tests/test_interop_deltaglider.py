@@ -339,3 +339,20 @@ def test_deltaglider_stats_on_dgfs_bucket(dg, s3, bucket, deltastore: DeltaStore
     for field in ("object_count", "compressed_size", "delta_objects", "direct_objects"):
         assert quick[field] == want[field], field
     assert quick["total_size"] == len(files["a/NOTES.txt"]) + len(files["README.md"])
+
+
+def test_deltaglider_ignores_the_dgfs_directory_index(dg, s3, bucket, mounter):
+    files = dict(zip(names("idx", 3), version_series(3, SIZE // 4, seed=21), strict=True))
+    files["idx/NOTES.txt"] = b"notes\n" * 400
+    m = mounter(bucket)
+    (m.path / "idx").mkdir()
+    for key, data in files.items():
+        (m.path / key).write_bytes(data)
+    assert m.umount().returncode == 0
+    assert "idx/.dgfs/index/reference.bin" in keys(s3, bucket)
+    assert set(dg.ls(bucket, "idx")) == {k.rsplit("/", 1)[1] for k in files}
+    recursive = dg.run("ls", "-r", f"s3://{bucket}/").stdout
+    assert ".dgfs" not in recursive, recursive
+    stats = dg.stats(bucket, "--detailed", "--no-cache")
+    assert stats["object_count"] == len(files) + 1  # + the `idx/` marker, counted by deltaglider
+    assert stats["delta_objects"] == 3

@@ -618,6 +618,7 @@ def make_meta_tree(d: Path, fan: int, per: int) -> int:
 
 META_SYSTEMS = {
     "dgfs": ("dgfs", ("--metadata-ttl", "60")),
+    "dgfs-noindex": ("dgfs", ("--metadata-ttl", "60", "--no-dir-index")),
     "s3fs": ("s3fs", ()),
     "rclone": ("rclone", ()),
     "rclone-srvmtime": ("rclone", ("--use-server-modtime",)),
@@ -649,9 +650,10 @@ def wl_metadata(b: Bench) -> None:
         b.add(row)
         return row, proc
 
+    same_objects = {"dgfs-noindex": "dgfs", "rclone-srvmtime": "rclone"}
     for label, (system, extra) in META_SYSTEMS.items():
-        if system == "rclone" and label != "rclone":
-            bucket = buckets["rclone"]  # same objects, other mount options
+        if label in same_objects:
+            bucket = buckets[same_objects[label]]  # same objects, other mount options
         else:
             bucket = buckets[label] = b.bucket(f"meta-{label}")
             m = b.mount(system, bucket, f"meta-{label}", extra)
@@ -674,7 +676,7 @@ def wl_metadata(b: Bench) -> None:
         row, proc = op(m, f"rsync -a {rsync_n} files, 2nd run", cmd, rsync_n)
         mt = re.search(r"Number of regular files transferred: ([\d,]+)", proc.stdout)
         row.extra["transferred"] = int(mt.group(1).replace(",", "")) if mt else -1
-        if label != "rclone-srvmtime":
+        if label not in same_objects:
             cmd = ["rsync", "-a", f"{new100}/", f"{m.path}/new100/"]
             row, _ = op(m, "rsync -a 100 new files", cmd, 100, ("new100/", 100))
             row.extra["requests_per_file"] = row.requests / 100
