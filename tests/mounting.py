@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -56,3 +57,15 @@ def force_unmount(path: Path) -> None:
     """Last resort in teardown: lazy unmount, ignoring errors."""
     if os.path.ismount(path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+
+
+def mount_status(mountpoint: Path) -> dict:
+    """`dgfs status MOUNTPOINT --json` of a running mount (its S3 request counts, uploads…)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dgfs.cli", "status", str(mountpoint), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

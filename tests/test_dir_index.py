@@ -16,20 +16,11 @@ from core.config import dir_index_enabled
 from core.errors import NotFound
 from dgfs.cli import parse_o_options
 from tests.datagen import random_bytes, version_series, write
+from tests.mounting import mount_status
 
 N = 40
 INDEX = dirindex.index_key("d")
 DIR_HEAD = 1  # the HEAD of the directory marker `d/` (its mode and times)
-
-
-def _status(path) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "dgfs.cli", "status", str(path), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout)
 
 
 def _fill(mounter, bucket, *extra: str) -> dict[str, int]:
@@ -62,7 +53,7 @@ def test_cold_mount_lists_with_one_get_and_no_head(mounter, bucket, objectstore,
     objectstore.head(INDEX)  # written at unmount
     cold = _cold(mounter, bucket, tmp_path, "cold")
     assert _sizes(cold) == sizes
-    requests = _status(cold.path)["s3_requests"]
+    requests = mount_status(cold.path)["s3_requests"]
     assert requests.get("head", 0) == DIR_HEAD, requests  # no HEAD per file
     assert requests.get("get", 0) == 1, requests  # the index
     modes = {p.name: p.stat().st_mode & 0o777 for p in (cold.path / "d").iterdir()}
@@ -83,7 +74,7 @@ def test_foreign_changes_after_the_index_are_seen(
     assert sizes["small.txt"] == len(b"plain write by another tool")
     assert sizes["extra.txt"] == 123
     assert (cold.path / "d" / "v01.bin").read_bytes() == new
-    requests = _status(cold.path)["s3_requests"]
+    requests = mount_status(cold.path)["s3_requests"]
     assert requests.get("head", 0) == DIR_HEAD + 3, requests  # only the changed objects
 
 
@@ -116,7 +107,7 @@ def test_corrupt_index_is_ignored(mounter, bucket, objectstore, tmp_path, garbag
     objectstore.put_bytes(INDEX, garbage, {})
     cold = _cold(mounter, bucket, tmp_path, "cold")
     assert _sizes(cold) == sizes
-    requests = _status(cold.path)["s3_requests"]
+    requests = mount_status(cold.path)["s3_requests"]
     assert requests.get("head", 0) == DIR_HEAD + N + 1, requests
 
 
@@ -180,7 +171,7 @@ def test_cold_reader_writes_index_but_read_only_does_not(mounter, bucket, object
     cold = _cold(mounter, bucket, tmp_path, "cold")
     assert _sizes(cold) == {f"f{i:02d}": i for i in range(40)}
     assert {(cold.path / "d" / f"f{i:02d}").stat().st_uid for i in range(40)} == {123}
-    assert _status(cold.path)["s3_requests"].get("head", 0) == DIR_HEAD  # the marker probe
+    assert mount_status(cold.path)["s3_requests"].get("head", 0) == DIR_HEAD  # the marker probe
 
 
 def test_index_is_not_a_file_anywhere(mounter, bucket, objectstore, tmp_path):
@@ -261,4 +252,4 @@ def test_chmod_through_a_mount_is_indexed(mounter, bucket, tmp_path):
     assert _sizes(cold) == sizes
     modes = {p.name: p.stat().st_mode & 0o777 for p in (cold.path / "d").iterdir()}
     assert modes["v00.bin"] == modes["small.txt"] == 0o600
-    assert _status(cold.path)["s3_requests"].get("head", 0) == DIR_HEAD
+    assert mount_status(cold.path)["s3_requests"].get("head", 0) == DIR_HEAD

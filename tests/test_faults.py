@@ -26,7 +26,7 @@ import pytest
 from core import layout
 from tests.datagen import random_bytes, version_series
 from tests.faultproxy import FaultProxy, Rule
-from tests.mounting import DGFS
+from tests.mounting import DGFS, mount_status
 
 LONG = os.environ.get("DG_RELIABILITY_LONG") == "1"
 COUNT = 60 if LONG else 20
@@ -58,14 +58,6 @@ def write_files(root: Path, files: dict[str, bytes]) -> dict[str, int | None]:
         except OSError as exc:
             outcome[name] = exc.errno
     return outcome
-
-
-def mount_status(mountpoint: Path) -> dict:
-    out = subprocess.run(
-        [*DGFS, "status", str(mountpoint), "--json"], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def dgfs_verify(bucket: str) -> subprocess.CompletedProcess:

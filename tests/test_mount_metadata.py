@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from tests.datagen import random_bytes, version_series, write
-
-
-def _status(path) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "dgfs.cli", "status", str(path), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout)
+from tests.mounting import mount_status
 
 
 def test_warm_remount_lists_without_heads(mounter, bucket, tmp_path):
@@ -34,7 +23,7 @@ def test_warm_remount_lists_without_heads(mounter, bucket, tmp_path):
     assert cold.umount().returncode == 0
     warm = mounter(bucket, "warm", "--metadata-ttl", "60")
     assert {p.name: p.stat().st_size for p in warm.path.iterdir()} == sizes
-    requests = _status(warm.path)["s3_requests"]
+    requests = mount_status(warm.path)["s3_requests"]
     assert requests.get("head", 0) <= 1, requests  # at most the bucket check; no per-file HEAD
     assert requests.get("list", 0) >= 1
 
@@ -75,10 +64,10 @@ def test_rsync_new_files_cost_few_write_requests(mounter, bucket, tmp_path):
     for i in range(20):
         write(src / f"f{i:02d}.txt", f"file {i}\n".encode() * 20)
     m = mounter(bucket)
-    before = _status(m.path)["s3_requests"]
+    before = mount_status(m.path)["s3_requests"]
     subprocess.run(["rsync", "-a", f"{src}/", f"{m.path}/dst/"], check=True)
     time.sleep(1.5)  # coalesced attribute writes (if any are left) land within a second
-    after = _status(m.path)["s3_requests"]
+    after = mount_status(m.path)["s3_requests"]
     writes = sum(after.get(op, 0) - before.get(op, 0) for op in ("put", "copy", "delete"))
     # the temp file is uploaded at its rename, under its final name, with its attributes:
     # one PUT per file, plus the directory marker
