@@ -365,6 +365,8 @@ def profile_summary(proc: subprocess.Popen, top: int = 8) -> list[str]:
     out = proc.out  # type: ignore[attr-defined]
     for line in out.read_text().splitlines() if out.exists() else []:
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue  # a blank or partial line (py-spy stopped mid-write)
         frames = [_frame(f) for f in stack.split(";")]
         n = int(count)
         total += n
