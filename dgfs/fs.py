@@ -409,6 +409,11 @@ class DgfsOperations(pyfuse3.Operations):
                 log.info("cache insert of %s skipped: %s", node.record.stored_key, exc)
         self.staging.remove(path)
 
+    async def _upload_closed(self, node: Node) -> None:
+        """Upload a file nobody writes any more, then move its content out of staging."""
+        await self._upload(node)
+        await self._drop_staging(node)
+
     def _discard_pending(self, node: Node) -> None:
         """The file is gone (unlinked or replaced): its staged changes must not be uploaded."""
         if node.staging is not None:
@@ -439,8 +444,7 @@ class DgfsOperations(pyfuse3.Operations):
             for node in self.inodes.dirty_nodes():
                 if node.writers == 0 and node.path is not None and not node.defer_until:
                     try:
-                        await self._upload(node)
-                        await self._drop_staging(node)
+                        await self._upload_closed(node)
                         log.info("upload of %s succeeded on retry", self._key(node.path))
                     except pyfuse3.FUSEError:
                         continue
@@ -520,8 +524,7 @@ class DgfsOperations(pyfuse3.Operations):
                 if node.defer_until and node.defer_until <= now and node.writers == 0:
                     node.defer_until = 0.0
                     try:
-                        await self._upload(node)
-                        await self._drop_staging(node)
+                        await self._upload_closed(node)
                     except pyfuse3.FUSEError:
                         pass  # logged by _upload; retried by retry_failed_uploads
             due = now - ATTR_DELAY
@@ -866,8 +869,7 @@ class DgfsOperations(pyfuse3.Operations):
         self._note_file(old_path, None)
         if src.defer_until:
             src.defer_until = 0.0
-            await self._upload(src)  # its error is rename()'s: close() did not report one
-            await self._drop_staging(src)
+            await self._upload_closed(src)  # its error is rename()'s: close() did not report one
         if src.record is not None and not src.dirty:
             self._note_file(new_path, src.record)
 
