@@ -945,12 +945,13 @@ class DgfsOperations(pyfuse3.Operations):
         node, name_s = self._node(inode), name.decode(errors="surrogateescape")
         if node.ino == pyfuse3.ROOT_INODE and name_s == xattrs.STATUS_NAME:
             return json.dumps(self.status()).encode()  # without computing (and counting) stats
-        if not name_s.startswith(xattrs.USER_PREFIX) or (
-            node.is_dir and not xattrs.is_dg_name(name_s)
-        ):
-            # every value is user.* (a directory's only user.dg.*): the ACL/SELinux probes of
-            # `ls -l` and the kernel must not wait for (or even compute) a directory's stats
-            raise _fuse_error(pyfuse3.ENOATTR)
+        if not name_s.startswith(xattrs.USER_PREFIX):
+            # only the user namespace is supported (as setxattr says): ENOTSUP, not ENODATA,
+            # lets `ls -l` stop probing ACLs/SELinux labels after the first file of the mount
+            # (coreutils caches "unsupported" per device) instead of 2 requests per file
+            raise _fuse_error(errno.ENOTSUP)
+        if node.is_dir and not xattrs.is_dg_name(name_s):
+            raise _fuse_error(pyfuse3.ENOATTR)  # a directory has only user.dg.* values
         value = (await self._xattr_values(node)).get(name_s)
         if value is None:
             raise _fuse_error(pyfuse3.ENOATTR)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 
 import boto3
+import pytest
 
 from tests.datagen import random_bytes, version_series
 
@@ -96,3 +98,33 @@ def test_user_xattrs_persist_and_dg_writes_are_ignored(mounter, bucket, tmp_path
     subprocess.run(["rsync", "-aX", f"{out}/", f"{again.path}/copy/"], check=True)
     assert os.getxattr(again.path / "copy" / "f.txt", "user.color") == b"blue"
     assert os.getxattr(again.path / "copy" / "f.txt", "user.dg.kind") == b"direct"
+
+
+def test_other_namespaces_are_unsupported_so_ls_stops_probing(mnt):
+    """security.*/system.* answer ENOTSUP (user.* absent: ENODATA), so `ls -l` (coreutils
+    caches "unsupported" per device) probes ACL and SELinux label once, not twice per file."""
+    d = mnt.path / "many"
+    d.mkdir()
+    for i in range(40):
+        (d / f"f{i:02d}.txt").write_bytes(b"x")
+    (d / "f00.txt").write_bytes(b"y")
+    os.setxattr(d / "f00.txt", "user.color", b"red")
+    assert os.getxattr(d / "f00.txt", "user.color") == b"red"
+    for name, expected in [
+        ("security.selinux", errno.ENOTSUP),
+        ("system.posix_acl_access", errno.ENOTSUP),
+        ("trusted.x", errno.ENOTSUP),
+        ("user.absent", errno.ENODATA),
+    ]:
+        with pytest.raises(OSError) as exc:
+            os.getxattr(d / "f01.txt", name)
+        assert exc.value.errno == expected, name
+    proc = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=getxattr,lgetxattr", "ls", "-l", str(d)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 41  # "total" + 40 files
+    probes = [line for line in proc.stderr.splitlines() if "getxattr(" in line]
+    assert 1 <= len(probes) <= 4, probes
