@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core import TOOL_NAME, codec, layout
+from core.backoff import DeltaBackoff
 from core.cache import NotCacheable
 from core.config import DeltaSettings
 from core.errors import DgError, IntegrityError, NoSpace, NotFound, PreconditionFailed
@@ -86,6 +87,7 @@ class DeltaStore:
         self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._refs: dict[str, Reference] = {}
         self._refs_lock = threading.Lock()
+        self.backoff = DeltaBackoff()
 
     def close(self) -> None:
         """Remove the private work directory if this store created it."""
@@ -313,8 +315,13 @@ class DeltaStore:
         prefix = layout.deltaspace_of(logical_key)
         name = logical_key.rsplit("/", 1)[-1]
         record = None
-        if not force_direct and may_delta(self.settings, logical_key, size):
+        if (
+            not force_direct
+            and may_delta(self.settings, logical_key, size)
+            and self.backoff.should_try(prefix, name)
+        ):
             record = self._put_delta(src, logical_key, prefix, name, size, sha, extra)
+            self.backoff.record(prefix, name, paid=record is not None)
         if record is None:
             meta = layout.fit_metadata(
                 {**layout.direct_metadata(self.tool, name, sha, size), **extra}

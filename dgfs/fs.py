@@ -938,6 +938,7 @@ class DgfsOperations(pyfuse3.Operations):
             ),
             "failed_uploads": dict(self.failed_uploads),
             "s3_requests": dict(self.store.store.requests),
+            "delta_attempts_skipped": self.store.backoff.skipped,
             "cache": self.cache.stats().as_dict() if self.cache is not None else {},
         }
 
