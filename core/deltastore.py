@@ -24,7 +24,7 @@ from core.config import DeltaSettings
 from core.errors import DgError, IntegrityError, NoSpace, NotFound, PreconditionFailed
 from core.hashing import sha256_file
 from core.layout import Kind, ObjectRecord, PosixAttrs
-from core.objectstore import ObjectInfo, ObjectStore
+from core.objectstore import ObjectInfo, ObjectStore, PutStamp
 from core.policy import looks_related, may_delta, sniff, suffix_of
 from core.refpolicy import MAX_DECODES, ReferencePolicy, make_policy
 from core.scratch import private_dir
@@ -326,8 +326,8 @@ class DeltaStore:
             meta = layout.fit_metadata(
                 {**layout.direct_metadata(self.tool, name, sha, size), **extra}
             )
-            self.store.put_file(logical_key, src, layout.encode_metadata(meta))
-            record = self._written(logical_key, Kind.DIRECT, size, size, sha, meta)
+            stamp = self.store.put_file(logical_key, src, layout.encode_metadata(meta))
+            record = self._written(logical_key, Kind.DIRECT, size, size, sha, meta, stamp)
         if not known_new:
             self._remove_other_form(logical_key, record.kind, previous)
         return record
@@ -386,14 +386,14 @@ class DeltaStore:
                 self.tool, name, sha, size, ref.key, ref.sha256, delta_size, zero_diff
             )
             meta = layout.fit_metadata({**meta, **extra})
-            self.store.put_file(
+            stamp = self.store.put_file(
                 layout.delta_key(logical_key), delta_path, layout.encode_metadata(meta)
             )
             self.ensure_reference(
                 ref.key, ref.sha256, ref.source_name, src if zero_diff else tmp / "reference"
             )
         record = self._written(
-            layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta
+            layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta, stamp
         )
         return replace(record, ref_key=ref.key, ref_sha256=ref.sha256)
 
@@ -419,8 +419,18 @@ class DeltaStore:
         self._forget_reference(layout.deltaspace_of(key))
 
     def _written(
-        self, key: str, kind: Kind, stored: int, size: int, sha: str, meta: dict[str, str]
+        self,
+        key: str,
+        kind: Kind,
+        stored: int,
+        size: int,
+        sha: str,
+        meta: dict[str, str],
+        stamp: PutStamp | None = None,
     ) -> ObjectRecord:
+        """The record of an object just written. With the PUT's `stamp` it carries the real
+        ETag and, as LastModified, the response date (the metadata cache takes the exact
+        LastModified from the next LIST); without one the ETag is unknown ("")."""
         logical = key[: -len(layout.DELTA_SUFFIX)] if kind == Kind.DELTA else key
         return ObjectRecord(
             logical_key=logical,
@@ -428,8 +438,8 @@ class DeltaStore:
             kind=kind,
             stored_size=stored,
             original_size=size,
-            etag="",
-            last_modified_ns=0,
+            etag=stamp.etag if stamp else "",
+            last_modified_ns=stamp.date_ns if stamp else 0,
             sha256=sha,
             tool=self.tool,
             attrs=layout.posix_attrs_from(meta),

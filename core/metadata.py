@@ -142,7 +142,8 @@ class RecordCache:
             self._db.close()
 
     def remember(self, record: ObjectRecord) -> None:
-        """Record what we just wrote or changed (written records get their ETag at next LIST)."""
+        """Record what we just wrote or changed (a write without a PUT ETag adopts the next
+        LIST's)."""
         self._store(record)
         self._changed(record.stored_key)
 
@@ -193,6 +194,11 @@ class RecordCache:
             record = self._records.get(obj.key)
         if record is not None and record.stored_size == obj.size:
             if record.etag == obj.etag and _same_second(record.last_modified_ns, obj):
+                return record
+            if record.etag == obj.etag and _put_before(record.last_modified_ns, obj):
+                # written by us, ETag from the PUT response: take the exact LastModified
+                record = replace(record, last_modified_ns=obj.last_modified_ns)
+                self._store(record)
                 return record
             if not record.etag:  # written by us: adopt the listed ETag
                 record = replace(record, etag=obj.etag, last_modified_ns=obj.last_modified_ns)
@@ -343,3 +349,11 @@ def _same_second(modified_ns: int, obj: ObjectInfo) -> bool:
     moves LastModified, so comparing it makes such changes visible.
     """
     return modified_ns // 10**9 == obj.last_modified_ns // 10**9
+
+
+def _put_before(stamp_ns: int, obj: ObjectInfo) -> bool:
+    """The listed object is the one a PUT answered at `stamp_ns` (its response Date): its
+    LastModified is at most one second before that. A later metadata change (a self-copy by
+    another client keeps ETag and size) moves LastModified past the Date, so it does not pass.
+    """
+    return 0 <= stamp_ns // 10**9 - obj.last_modified_ns // 10**9 <= 1

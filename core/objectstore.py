@@ -116,6 +116,26 @@ def _ns(timestamp) -> int:
     return int(timestamp.timestamp() * 1e9) if timestamp is not None else 0
 
 
+@dataclass(frozen=True)
+class PutStamp:
+    """What a single PUT's response says: the new object's ETag, and the response's Date
+    (the server's clock, whole seconds; the object's LastModified is at most that)."""
+
+    etag: str
+    date_ns: int
+
+
+def _stamp_of(response: dict) -> PutStamp | None:
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        when = email.utils.parsedate_to_datetime(date) if date else None
+    except (TypeError, ValueError):
+        when = None
+    if not response.get("ETag") or when is None:
+        return None
+    return PutStamp(response["ETag"], _ns(when))
+
+
 class ObjectStore:
     """A bucket on an S3 endpoint, with errors mapped to core.errors."""
 
@@ -290,27 +310,31 @@ class ObjectStore:
 
     def put_file(
         self, key: str, path: Path, metadata: dict[str, str], if_none_match: bool = False
-    ) -> None:
-        """Upload a file (multipart above the threshold). Conditional puts use one PUT (≤ 5 GB)."""
+    ) -> PutStamp | None:
+        """Upload a file (multipart above the threshold). Conditional puts use one PUT (≤ 5 GB).
+
+        Returns the single PUT's ETag and response date (None for a multipart upload, whose
+        response the transfer manager does not hand back).
+        """
         size = path.stat().st_size
-        if if_none_match:
-            if size > SINGLE_PUT_LIMIT:
-                raise EndpointError(f"{key}: conditional create above 5 GB is not supported")
+        if if_none_match and size > SINGLE_PUT_LIMIT:
+            raise EndpointError(f"{key}: conditional create above 5 GB is not supported")
+        if if_none_match or size < self._transfer.multipart_threshold:
+            extra = {"IfNoneMatch": "*"} if if_none_match else {}
             with path.open("rb") as body:
-                self._call(
+                response = self._call(
                     "put",
                     key,
                     self._client.put_object,
                     Bucket=self.bucket,
                     Key=key,
                     Body=body,
-                    IfNoneMatch="*",
+                    **extra,
                     **self._extra_put_args(metadata),
                 )
-            return
-        op = "put" if size < self._transfer.multipart_threshold else "multipart_put"
+            return _stamp_of(response)
         self._call(
-            op,
+            "multipart_put",
             key,
             self._client.upload_file,
             Filename=str(path),
@@ -319,6 +343,7 @@ class ObjectStore:
             ExtraArgs=self._extra_put_args(metadata),
             Config=self._transfer,
         )
+        return None
 
     def copy(self, src: str, dst: str, metadata: dict[str, str]) -> None:
         """Server-side copy with replaced metadata (also used to change metadata in place)."""
