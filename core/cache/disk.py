@@ -1,7 +1,9 @@
 """The content-addressed store of encrypted entries: <root>/objects/ab/cd/<sha256>.
 
-Writes go to a private temp file, are fsynced and renamed into place, so readers (in any
-process) see a whole entry or none, and two writers of one entry both leave it intact.
+Writes go to a private temp file renamed into place, so readers (in any process) see a whole
+entry or none, and two writers of one entry both leave it intact. Nothing is fsynced: a cache
+is not the data's home, and an entry torn by a crash fails its authentication tag or length
+check when read, which counts as a corruption and a miss (the content is fetched again).
 The size bound is kept by LRU eviction on file mtime (touched on every hit), which every
 process sharing the directory sees; entries pinned by this process are never evicted, and an
 entry another process evicts stays readable through the descriptor its reader holds.
@@ -99,7 +101,6 @@ class DiskStore:
                 actual = encrypt_stream(self._aead, self._kid, sha256, size, src, dst, on_chunk)
             if actual != sha256:
                 raise CacheIntegrityError(f"content has SHA-256 {actual}, expected {sha256}")
-            os.fsync(fd)
             reader = ChunkReader(
                 os.open(tmp, os.O_RDONLY | os.O_CLOEXEC), self._aead, self._kid, sha256
             )
@@ -111,7 +112,6 @@ class DiskStore:
             path = self.path_for(sha256)
             make_private_dir(path.parent)
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
         except BaseException:
             if reader is not None:
                 self.unpin(sha256)
@@ -270,16 +270,3 @@ def _subdirs(path: Path) -> list[Path]:
             return [Path(e) for e in it if len(e.name) == 2 and e.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
         return []
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
