@@ -31,6 +31,7 @@ from core.errors import AccessDenied, BucketNotFound, EndpointError, NotFound, P
 log = logging.getLogger("dgfs.s3")
 
 SINGLE_PUT_LIMIT = 5 * 2**30
+SMALL_BODY = 2**20  # files up to this size are PUT from memory
 STREAM_CHUNK = 1 << 20
 DOWNLOAD_ATTEMPTS = 3
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
@@ -321,7 +322,10 @@ class ObjectStore:
             raise EndpointError(f"{key}: conditional create above 5 GB is not supported")
         if if_none_match or size < self._transfer.multipart_threshold:
             extra = {"IfNoneMatch": "*"} if if_none_match else {}
-            with path.open("rb") as body:
+            with path.open("rb") as f:
+                # bytes, not a file: botocore sends `Expect: 100-continue` (one more round
+                # trip) with every file-like body
+                body = f.read() if size <= SMALL_BODY else f
                 response = self._call(
                     "put",
                     key,
