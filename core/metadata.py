@@ -31,6 +31,7 @@ log = logging.getLogger("dgfs.metadata")
 DEFAULT_HEAD_CONCURRENCY = 32
 INDEX_MIN_MISSES = 4  # uncached files of one directory in a LIST page worth an index GET
 INDEX_AFTER_HEADS = 32  # a reader that HEADed this many files of a directory rewrites its index
+SQL_BATCH = 500  # keys per SELECT … IN (…) (SQLite allows 999 parameters on old builds)
 
 
 class _Persisted:
@@ -52,14 +53,28 @@ class _Persisted:
         self._lock = threading.Lock()
 
     def get(self, obj: ObjectInfo) -> ObjectRecord | None:
+        return self.get_many([obj]).get(obj.key)
+
+    def get_many(self, objects: list[ObjectInfo]) -> dict[str, ObjectRecord]:
+        """Stored records still matching the listed objects (same ETag, size and second)."""
+        rows: dict[str, tuple] = {}
+        keys = [obj.key for obj in objects]
         with self._lock:
-            row = self._db.execute(
-                "SELECT modified, meta FROM records WHERE key=? AND etag=? AND size=?",
-                (obj.key, obj.etag, obj.size),
-            ).fetchone()
-        if row is None or not _same_second(row[0], obj):
-            return None
-        return layout.record_from_head(obj.key, obj.size, obj.etag, row[0], json.loads(row[1]))
+            for i in range(0, len(keys), SQL_BATCH):
+                batch = keys[i : i + SQL_BATCH]
+                marks = ",".join("?" * len(batch))
+                query = (
+                    f"SELECT key, etag, size, modified, meta FROM records WHERE key IN ({marks})"
+                )
+                for row in self._db.execute(query, batch):
+                    rows[row[0]] = row[1:]
+        found = {}
+        for obj in objects:
+            row = rows.get(obj.key)
+            if row is not None and row[:2] == (obj.etag, obj.size) and _same_second(row[2], obj):
+                meta = json.loads(row[3])
+                found[obj.key] = layout.record_from_head(obj.key, obj.size, obj.etag, row[2], meta)
+        return found
 
     def put(self, record: ObjectRecord) -> None:
         self.put_many([record])
@@ -189,7 +204,9 @@ class RecordCache:
             # second), so it must not survive to the next mount
             self._db.delete(record.stored_key)
 
-    def _valid(self, obj: ObjectInfo) -> ObjectRecord | None:
+    def _valid(self, obj: ObjectInfo, persisted: bool = True) -> ObjectRecord | None:
+        """The cached record still describing the listed object: from memory, else (unless
+        `persisted` is False) from SQLite."""
         with self._lock:
             record = self._records.get(obj.key)
         if record is not None and record.stored_size == obj.size:
@@ -204,7 +221,7 @@ class RecordCache:
                 record = replace(record, etag=obj.etag, last_modified_ns=obj.last_modified_ns)
                 self._store(record, adopted=True)
                 return record
-        if self._db is not None:
+        if persisted and self._db is not None:
             record = self._db.get(obj)
             if record is not None:
                 with self._lock:
@@ -212,13 +229,23 @@ class RecordCache:
                 return record
         return None
 
+    def _from_db(self, objects: list[ObjectInfo]) -> list[ObjectRecord | None]:
+        """Persisted records for many listed objects in one query (kept in memory)."""
+        if self._db is None or not objects:
+            return [None] * len(objects)
+        found = self._db.get_many(objects)
+        with self._lock:
+            self._records.update(found)
+        return [found.get(obj.key) for obj in objects]
+
     def prefetch(self, objects: list[ObjectInfo]) -> None:
         """Start HEADs for objects not validly cached (called per LIST page, overlapping it).
 
         With directory indexes, a directory with several uncached files is looked up in its
         index first (one GET); only the files it does not vouch for are HEADed.
         """
-        misses = [obj for obj in objects if self._valid(obj) is None]
+        misses = [obj for obj in objects if self._valid(obj, persisted=False) is None]
+        misses = [obj for obj, r in zip(misses, self._from_db(misses), strict=True) if r is None]
         indexes = self._index_loads(misses)
         batches: dict[str, list[tuple[ObjectInfo, Future]]] = {}
         for obj in misses:

@@ -25,6 +25,7 @@ import botocore.utils
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from core import listparse
 from core.config import S3Settings
 from core.errors import AccessDenied, BucketNotFound, EndpointError, NotFound, PreconditionFailed
 
@@ -160,6 +161,7 @@ class ObjectStore:
             )
         except (bce.ProfileNotFound, ValueError) as exc:
             raise AccessDenied(str(exc)) from None
+        listparse.install(self._client, _timestamp)
         self._transfer = TransferConfig(
             multipart_threshold=settings.multipart_threshold,
             multipart_chunksize=settings.multipart_chunksize,
