@@ -309,6 +309,8 @@ def status_cmd(mountpoint: Path, flush: bool, as_json: bool) -> None:
         click.echo(f"  {key}: {why}")
     requests = ", ".join(f"{k}={v}" for k, v in sorted(state["s3_requests"].items()))
     click.echo(f"S3 requests:     {requests or 'none'}")
+    skipped = state.get("delta_attempts_skipped", 0)
+    click.echo(f"delta attempts skipped (recent ones stored direct): {skipped}")
     rate = f"{cache.get('hits', 0) / lookups:.1%}" if lookups else "n/a"
     click.echo(
         f"cache hit rate:  {rate} ({cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses)"
