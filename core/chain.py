@@ -222,13 +222,13 @@ class ChainPolicy(ReferencePolicy):
                 }
             )
         meta = layout.fit_metadata(meta)
+        size = body.stat().st_size
         try:
             store.store.put_file(key, body, layout.encode_metadata(meta), if_none_match=True)
+            self._remember(layout.record_from_head(key, size, "", 0, meta))
         except PreconditionFailed:
-            pass  # same stamp and content from another writer: equally valid bytes
-        size = body.stat().st_size
+            pass  # same stamp and content from another writer: its link holds the same content
         log.info("%s: hidden reference for %s (%s)", key, name, "link" if ext else "root")
-        self._remember(layout.record_from_head(key, size, "", 0, meta))
         if ext is not None:
             self._cache(store, body, body_sha)  # the next link's source ends with this body
         return Part(key, sha, body_sha, size, meta)

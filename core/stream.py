@@ -5,10 +5,12 @@ the root) as `dgfs-chain-parent`. The body of link k is the xdelta3 delta of its
 against the link's *source*: the root's content followed by the stored bodies (the VCDIFF
 bytes, not their decoded content) of links 1 … k-1, in that order. xdelta3 keeps the bytes a
 version adds in its delta's data section (incompressible ones, as in zip or wheel files,
-verbatim), so a later version finds an earlier version's new bytes inside those bodies, while
-materialising any link is still a single decode. Every part of a source is checked against a
-sha256 (the root's `dg-file-sha256`, a link's `dgfs-body-sha256`) before use. A stream has at
-most MAX_STREAM_LINKS links; readers refuse longer ones (and cycles) as an integrity error.
+verbatim even with xdelta3's default LZMA secondary compression), so a later version finds
+an earlier version's new bytes inside those bodies, while materialising any link is still a
+single decode. Every part of a source is checked against a sha256 (the root's
+`dg-file-sha256`, a link's `dgfs-body-sha256`) before use. Writers add at most
+MAX_STREAM_LINKS links to a stream; readers refuse a longer walk (or a cycle) as an integrity
+error.
 """
 
 from __future__ import annotations
