@@ -3,7 +3,8 @@
 `deltaglider` (default): one `{prefix}/reference.bin` per deltaspace, the first delta-eligible
 file, never replaced; every delta is encoded against it (DeltaStore's built-in path, unchanged).
 
-`adaptive`: hidden references chained as deltas, dgfs-only (core/chain.py, ChainPolicy).
+`adaptive`: hidden references in xdelta3 streams, dgfs-only (core/chain.py, ChainPolicy;
+core/stream.py).
 
 `adaptive-compatible` (AdaptivePolicy here): besides `{prefix}/reference.bin` a
 deltaspace may hold keyframes, extra raw references at
