@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,7 +54,6 @@ log = logging.getLogger("dgfs.chain")
 
 STREAM_NOTE = "dgfs stream reference (xdelta3 delta against its stream: core/stream.py)"
 MIN_BUDGET = 16 * 2**20  # a stream's source may always grow to this many bytes
-RECORD_MEMORY = 10_000  # hidden reference HEADs remembered per store (then forgotten at once)
 
 
 @dataclass(frozen=True)
@@ -87,27 +85,6 @@ class ChainPolicy(ReferencePolicy):
         self.threshold = threshold  # delta / size above this → a new raw root
         self.budget = budget  # a stream's source stays within budget × its root's size
         self.scan = scan  # newest hidden references HEADed per put when looking for a tip
-        self._records: dict[str, ObjectRecord] = {}  # hidden references seen (immutable)
-        self._lock = threading.Lock()
-
-    def _head(self, store, key: str) -> ObjectRecord:
-        """A hidden reference's record (HEAD once per key; NotFound if gone)."""
-        with self._lock:
-            known = self._records.get(key)
-        if known is None:
-            known = store.head_record(key)
-            self._remember(known)
-        return known
-
-    def _remember(self, rec: ObjectRecord) -> None:
-        with self._lock:
-            if len(self._records) >= RECORD_MEMORY:
-                self._records.clear()
-            self._records[rec.stored_key] = rec
-
-    def _forget(self) -> None:
-        with self._lock:
-            self._records.clear()
 
     # ---------------------------------------------------------------- candidates
 
@@ -120,7 +97,7 @@ class ChainPolicy(ReferencePolicy):
         tip = None
         for age, key in enumerate(hidden_reference_keys(store, prefix)[: self.scan]):
             try:
-                rec = self._head(store, key)
+                rec = store.hidden_heads(key)
             except NotFound:
                 continue
             if not rec.sha256 or not _extendable(rec):
@@ -137,7 +114,7 @@ class ChainPolicy(ReferencePolicy):
         """The stream ending at `rec`, root first, with local copies of its parts; None when
         it went away or is broken, or (`extending`) is full: the caller starts a new root."""
         try:
-            parts = stream.parts(lambda k: self._head(store, k), rec.stored_key, rec.sha256)
+            parts = stream.parts(store.hidden_heads, rec.stored_key, rec.sha256)
             if extending and self._full(parts):
                 return None
             return parts, stream.fetch_parts(store, parts, tmp)
@@ -145,7 +122,7 @@ class ChainPolicy(ReferencePolicy):
             log.info("%s: stream gone (%s); starting a new root", rec.stored_key, exc)
         except IntegrityError as exc:
             log.warning("%s: stream not usable (%s); starting a new root", rec.stored_key, exc)
-        self._forget()
+        store.hidden_heads.forget()
         return None
 
     def _full(self, parts: list[Part]) -> bool:
@@ -225,7 +202,7 @@ class ChainPolicy(ReferencePolicy):
         size = body.stat().st_size
         try:
             store.store.put_file(key, body, layout.encode_metadata(meta), if_none_match=True)
-            self._remember(layout.record_from_head(key, size, "", 0, meta))
+            store.hidden_heads.remember(layout.record_from_head(key, size, "", 0, meta))
         except PreconditionFailed:
             pass  # same stamp and content from another writer: its link holds the same content
         log.info("%s: hidden reference for %s (%s)", key, name, "link" if ext else "root")

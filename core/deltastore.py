@@ -89,6 +89,7 @@ class DeltaStore:
         self._refs: dict[str, Reference] = {}
         self._refs_lock = threading.Lock()
         self.backoff = DeltaBackoff()
+        self.hidden_heads = stream.HiddenHeads(self.head_record)  # stream walks
 
     def close(self) -> None:
         """Remove the private work directory if this store created it."""
@@ -251,7 +252,7 @@ class DeltaStore:
             if layout.is_stream_link(meta):
                 if digest != meta.get(layout.META_BODY_SHA):
                     raise IntegrityError(f"{key}: stream link body sha256 mismatch")
-                stream.write_source(self, self.head_record, parent, base, tmp, sha256)
+                stream.write_source(self, self.hidden_heads, parent, base, tmp, sha256)
             else:
                 self._reference_file(parent[0], parent[1], base, chain)
             try:

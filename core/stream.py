@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from core.errors import IntegrityError
 from core.layout import ObjectRecord
 
 MAX_STREAM_LINKS = 32
+HEAD_MEMORY = 10_000  # hidden reference records remembered per store (then forgotten at once)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -39,6 +41,37 @@ class Part:
     body_sha256: str
     size: int
     metadata: dict[str, str]
+
+
+class HiddenHeads:
+    """HEADs of hidden references, remembered by key (a stream is walked on every read and
+    put). Safe to keep: a hidden reference's key names its content and its body never changes
+    (a collector restores the same bytes), and every byte read through a record is checked
+    against a sha256, so a stale record can only end in an IntegrityError, never wrong bytes."""
+
+    def __init__(self, head: Callable[[str], ObjectRecord]) -> None:
+        self._head = head
+        self._records: dict[str, ObjectRecord] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str) -> ObjectRecord:
+        """The record of `key` (HEAD once; NotFound if gone, not remembered)."""
+        with self._lock:
+            known = self._records.get(key)
+        if known is None:
+            known = self._head(key)
+            self.remember(known)
+        return known
+
+    def remember(self, rec: ObjectRecord) -> None:
+        with self._lock:
+            if len(self._records) >= HEAD_MEMORY:
+                self._records.clear()
+            self._records[rec.stored_key] = rec
+
+    def forget(self) -> None:
+        with self._lock:
+            self._records.clear()
 
 
 def parts(head: Callable[[str], ObjectRecord], key: str, sha256: str) -> list[Part]:
