@@ -356,6 +356,26 @@ def test_stream_corrupted_body_is_refused(objectstore, tmp_path):
     store.close()
 
 
+def test_stream_cycle_is_refused(objectstore, tmp_path):
+    """Links whose parents point at each other (damaged or crafted metadata) are an integrity
+    error, never an endless walk."""
+    store = adaptive_store(objectstore, tmp_path)
+    for i, data in enumerate(drifting_series(3, 30)):
+        store.put(write(tmp_path / "src" / f"{i}", data), f"rel/y{i}.zip")
+    first, second = (store.head_record(store.stat(f"rel/y{i}.zip").ref_key) for i in (1, 2))
+    meta = {
+        **first.metadata,
+        layout.META_CHAIN_PARENT: second.stored_key,
+        layout.META_CHAIN_PARENT_SHA: second.sha256,
+    }
+    objectstore.copy(first.stored_key, first.stored_key, layout.encode_metadata(meta))
+    reader = DeltaStore(objectstore, DeltaSettings(), workdir=tmp_path / "r")  # nothing memoised
+    with pytest.raises(IntegrityError, match="cycle"):
+        reader.get("rel/y2.zip", tmp_path / "out")
+    reader.close()
+    store.close()
+
+
 def test_stream_link_holding_its_roots_content_reads_through_cache(objectstore, tmp_path):
     """A link whose content is also its stream's root (the root was past the `scan` newest
     references): reading it through the cache fetches that root uncached instead of waiting
