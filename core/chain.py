@@ -1,27 +1,28 @@
-"""The `adaptive` reference policy: hidden references chained as xdelta3 deltas (dgfs-only).
+"""The `adaptive` reference policy: hidden references in xdelta3 streams (dgfs-only).
 
-Hidden references live at `{prefix}/.dgfs/refs/<stamp>-<sha16>/reference.bin` and are stored
-either raw (a *root*, chain depth 0) or as an xdelta3 delta against a parent hidden reference
-(`dgfs-chain-parent`, `dgfs-chain-parent-sha256`, `dgfs-chain-depth` = parent's + 1, at most
-MAX_DECODES - 1). User files only ever point at hidden references, never at each other, so
-deleting a file never breaks another.
+Hidden references live at `{prefix}/.dgfs/refs/<stamp>-<sha16>/reference.bin`: a *root* is
+stored raw; a *stream link* is an xdelta3 delta against its stream's source, the root's
+content followed by the stored bodies of the links before it (core/stream.py). A link names
+the previous link, or the root, as `dgfs-chain-parent`, so the collector keeps all of a live
+link's stream. Materialising any hidden reference is at most one decode, so reading any file
+takes at most 2 sequential decodes (its hidden reference's, then its own). User files only
+ever point at hidden references, never at each other, so deleting a file never breaks
+another.
 
-Per file (online): one hidden reference of each depth is tried (the newest whose source
-name has the file's stem before the first digit and suffix, else the newest), deepest
-first, with bounded encodes, and the delta with the smallest
-`size × (1 + depth_penalty × depth of the result)` wins (shallow references stay fresh for
-later versions). Then:
-- parent shallower than the bound: the file becomes a new hidden reference (a delta against
-  the parent) and the user file a zero-diff self-delta against it;
-- parent at the bound: no later file could chain on this one, so the user file is simply a
-  delta against the parent (a *leaf*, no hidden reference of its own);
-- nothing related, or every delta above `threshold` × the file: a new raw root.
-Reading a file is therefore at most MAX_DECODES sequential decodes, its own included; each
-decoded hidden reference is cached by its sha256, so reading a series in order costs about
-one decode per file.
+Per file (online): the *tip*, the newest root or stream link of the file's family (the name
+before its first digit, and suffix) among the `scan` newest hidden references, else the
+newest, is extended: a bounded encode against the tip's stream, and the file becomes a new
+link on the tip, its user file a zero-diff self-delta against that link. A new raw root
+instead when nothing is related, the delta exceeds `threshold` × the file, or the stream is
+full (its source would pass `budget` × the root's size, at least MIN_BUDGET, at most
+codec.MAX_SOURCE_WINDOW, or it has MAX_STREAM_LINKS links). Two writers extending one tip
+fork the stream: both links are valid, later files extend the newer one.
 
-deltaglider can only read the files whose reference is a root: for a chained one it fetches
-the link's raw body, whose sha256 does not match `dg-ref-sha256`, and fails.
+Links written by earlier dgfs versions (deltas against their parent's decoded content, without
+`dgfs-chain-mode`) still read, at most MAX_DECODES decodes; new links never extend them.
+
+deltaglider can only read the files whose reference is a root: for a link it fetches the raw
+body, whose sha256 does not match `dg-ref-sha256`, and fails.
 """
 
 from __future__ import annotations
@@ -29,54 +30,39 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core import codec, layout
+from core import codec, layout, stream
 from core.cache import NotCacheable
-from core.errors import NotFound, PreconditionFailed
+from core.errors import IntegrityError, NotFound, PreconditionFailed
+from core.hashing import sha256_file
 from core.layout import Kind, ObjectRecord
 from core.policy import looks_related, sniff, suffix_of
 from core.refpolicy import (
-    MAX_DECODES,
     ReferencePolicy,
-    chain_depth,
     collect_keyframes,
     current_ref_key,
     hidden_reference_keys,
     is_keyframe_key,
     keyframe_base,
 )
+from core.stream import Part
 
 log = logging.getLogger("dgfs.chain")
 
-CHAIN_NOTE = "dgfs chain reference (xdelta3 delta against dgfs-chain-parent)"
-NODE_MEMORY = 10_000  # hidden references remembered per store (then forgotten at once)
+STREAM_NOTE = "dgfs stream reference (xdelta3 delta against its stream: core/stream.py)"
+MIN_BUDGET = 16 * 2**20  # a stream's source may always grow to this many bytes
 
 
 @dataclass(frozen=True)
-class Node:
-    """A hidden reference: where it is, what it holds, how many decodes it costs."""
+class Extension:
+    """A stream extended by one link: its parts (root first), their local copies, the delta."""
 
-    key: str
-    sha256: str
-    depth: int
-    source_name: str
-
-
-@dataclass(frozen=True)
-class Choice:
-    """An encoded candidate: the parent, the delta against it and the parent's bytes."""
-
-    parent: Node
+    parts: list[Part]
+    paths: list[Path]
     delta: Path
-    base: Path
-    size: int
-
-    def score(self, penalty: float) -> float:
-        return self.size * (1 + penalty * (self.parent.depth + 1))
 
 
 def _family(name: str) -> tuple[str, str]:
@@ -84,101 +70,83 @@ def _family(name: str) -> tuple[str, str]:
     return re.match(r"[^0-9]*", name).group(), suffix_of(name)
 
 
+def _extendable(rec: ObjectRecord) -> bool:
+    """A root or a stream link (a link of an older chain cannot start a stream)."""
+    return layout.chain_parent(rec.metadata) is None or layout.is_stream_link(rec.metadata)
+
+
 class ChainPolicy(ReferencePolicy):
-    """Hidden references chained as deltas, depth-bounded; see the module docstring."""
+    """Hidden references in streams, one decode each; see the module docstring."""
 
     name = "adaptive"
     custom_put = True
 
-    def __init__(self, threshold: float = 0.9, depth_penalty: float = 0.7,
-                 scan: int = 64) -> None:  # fmt: skip
-        self.threshold = threshold  # smallest delta / size above this → a new raw root
-        self.depth_penalty = depth_penalty  # see the module docstring
-        self.scan = scan  # newest hidden references HEADed per put when looking for parents
-        self.max_node_depth = MAX_DECODES - 1  # the user file's own decode is the last one
-        self._nodes: dict[str, Node] = {}  # hidden references seen (their sha never changes)
-        self._lock = threading.Lock()
-
-    def _node(self, store, key: str) -> Node | None:
-        """A hidden reference's description (HEAD once per key; None if gone or unusable).
-
-        A remembered depth can only be too high (a restore makes a link raw), never too low.
-        """
-        with self._lock:
-            known = self._nodes.get(key)
-        if known is not None:
-            return known
-        try:
-            rec = store.head_record(key)
-        except NotFound:
-            return None
-        if not rec.sha256:
-            return None
-        node = Node(
-            key, rec.sha256, chain_depth(rec.metadata), rec.metadata.get("dg-source-name", "")
-        )
-        self._remember(node)
-        return node
-
-    def _remember(self, node: Node) -> None:
-        with self._lock:
-            if len(self._nodes) >= NODE_MEMORY:
-                self._nodes.clear()
-            self._nodes[node.key] = node
+    def __init__(self, threshold: float = 0.9, budget: float = 4.0, scan: int = 64) -> None:
+        self.threshold = threshold  # delta / size above this → a new raw root
+        self.budget = budget  # a stream's source stays within budget × its root's size
+        self.scan = scan  # newest hidden references HEADed per put when looking for a tip
 
     # ---------------------------------------------------------------- candidates
 
     def candidates(self, store, prefix: str, sha: str,
-                   name: str) -> tuple[Node | None, list[Node]]:  # fmt: skip
-        """(a hidden reference already holding `sha` or None, one hidden reference per usable
-        depth, deepest first) among the `scan` newest: per depth the newest of the same
-        family as `name` if any (so interleaved series chain on their own kind)."""
+                   name: str) -> tuple[ObjectRecord | None, ObjectRecord | None]:  # fmt: skip
+        """(a root or stream link already holding `sha`, else None; the tip to extend, else
+        None) among the `scan` newest hidden references: the newest of the family of `name`
+        if any (so interleaved series grow their own streams), else the newest."""
         family = _family(name)
-        scanned = []
+        tip = None
         for age, key in enumerate(hidden_reference_keys(store, prefix)[: self.scan]):
-            node = self._node(store, key)
-            if node is None or node.depth > self.max_node_depth:
-                continue
-            if node.sha256 == sha:
-                return node, []
-            scanned.append((_family(node.source_name) != family, age, node))
-        found: dict[int, Node] = {}
-        for _, _, node in sorted(scanned, key=lambda t: t[:2]):
-            found.setdefault(node.depth, node)
-        return None, [found[d] for d in sorted(found, reverse=True)]
-
-    def _choose(self, store, src: Path, name: str, size: int, nodes: list[Node],
-                tmp: Path) -> Choice | None:  # fmt: skip
-        """Encode against each candidate (bounded); the best score, or None when nothing is
-        related or every delta exceeds the threshold (a leaf also needs `max_ratio`)."""
-        head = sniff(src)
-        best: Choice | None = None
-        for i, node in enumerate(nodes):
-            base, delta = tmp / f"base{i}", tmp / f"delta{i}"
             try:
-                store._reference_file(node.key, node.sha256, base)
+                rec = store.hidden_heads(key)
             except NotFound:
-                with self._lock:
-                    self._nodes.pop(node.key, None)
-                continue  # collected meanwhile
-            same_suffix = suffix_of(name) == suffix_of(node.source_name) != ""
-            if not looks_related(head, sniff(base), same_suffix):
                 continue
-            ratio = self.threshold
-            if node.depth == self.max_node_depth:
-                ratio = min(ratio, store.settings.max_ratio)
-            limit = ratio * size
-            if best is not None:  # only a better score is of any use
-                weight = 1 + self.depth_penalty * (node.depth + 1)
-                limit = min(limit, best.score(self.depth_penalty) / weight)
-            n = codec.encode(base, src, delta, int(limit))
-            if n is not None:
-                choice = Choice(node, delta, base, n)
-                if best is None or choice.score(self.depth_penalty) < best.score(
-                    self.depth_penalty
-                ):
-                    best = choice
-        return best
+            if not rec.sha256 or not _extendable(rec):
+                continue
+            if rec.sha256 == sha:
+                return rec, None
+            rank = (_family(rec.metadata.get("dg-source-name", "")) != family, age)
+            if tip is None or rank < tip[0]:
+                tip = (rank, rec)
+        return None, tip[1] if tip else None
+
+    def _stream(self, store, rec: ObjectRecord, tmp: Path,
+                extending: bool) -> tuple[list[Part], list[Path]] | None:  # fmt: skip
+        """The stream ending at `rec`, root first, with local copies of its parts; None when
+        it went away or is broken, or (`extending`) is full: the caller starts a new root."""
+        try:
+            parts = stream.parts(store.hidden_heads, rec.stored_key, rec.sha256)
+            if extending and self._full(parts):
+                return None
+            return parts, stream.fetch_parts(store, parts, tmp)
+        except NotFound as exc:
+            log.info("%s: stream gone (%s); starting a new root", rec.stored_key, exc)
+        except IntegrityError as exc:
+            log.warning("%s: stream not usable (%s); starting a new root", rec.stored_key, exc)
+        store.hidden_heads.forget()
+        return None
+
+    def _full(self, parts: list[Part]) -> bool:
+        """Whether a link on this stream would pass MAX_STREAM_LINKS or the source budget."""
+        cap = min(codec.MAX_SOURCE_WINDOW, max(MIN_BUDGET, int(self.budget * parts[0].size)))
+        return len(parts) > stream.MAX_STREAM_LINKS or sum(p.size for p in parts) > cap
+
+    def _extend(self, store, src: Path, name: str, size: int, tip: ObjectRecord,
+                tmp: Path) -> Extension | None:  # fmt: skip
+        """Encode `src` against the stream ending at `tip` (bounded by `threshold`); None when
+        the stream is full or unrelated, or the delta too large."""
+        got = self._stream(store, tip, tmp, extending=True)
+        if got is None:
+            return None
+        parts, paths = got
+        same_suffix = suffix_of(name) == suffix_of(tip.metadata.get("dg-source-name", "")) != ""
+        if not looks_related(sniff(src), sniff(paths[0]), same_suffix):
+            return None
+        source, delta = tmp / "source", tmp / "stream.delta"
+        stream.concat(paths, source)
+        if codec.encode(source, src, delta, int(self.threshold * size)) is None:
+            return None
+        source.unlink()
+        return Extension(parts, paths, delta)
 
     # ---------------------------------------------------------------- put
 
@@ -186,61 +154,81 @@ class ChainPolicy(ReferencePolicy):
                   sha: str, extra: dict[str, str]) -> ObjectRecord | None:  # fmt: skip
         old_ref = current_ref_key(store, logical_key)
         with store._scratch() as tmp:
-            node, nodes = self.candidates(store, prefix, sha, name)
-            choice = None
-            if node is None:
-                choice = self._choose(store, src, name, size, nodes, tmp)
-            if choice is not None and choice.parent.depth == self.max_node_depth:
-                ref, delta, local = choice.parent, choice.delta, choice.base  # a leaf
-            else:
-                if node is None:
-                    node = self._write_node(store, prefix, src, sha, name, choice)
-                ref, delta, local = node, tmp / "self.delta", src
-                codec.encode(src, src, delta)
+            same, tip = self.candidates(store, prefix, sha, name)
+            kept = None if same is None else self._stream(store, same, tmp, extending=False)
+            if kept is None:
+                ext = self._extend(store, src, name, size, tip, tmp) if tip else None
+                node = self._write_node(store, prefix, src, sha, name, ext)
+                kept = ([*ext.parts, node], [*ext.paths, ext.delta]) if ext else ([node], [src])
+            ref = kept[0][-1]
+            delta = tmp / "self.delta"
+            codec.encode(src, src, delta)
             delta_size = delta.stat().st_size
             meta = layout.delta_metadata(
-                store.tool, name, sha, size, ref.key, ref.sha256, delta_size, ref.sha256 == sha
+                store.tool, name, sha, size, ref.key, sha, delta_size, zero_diff=True
             )
             meta = layout.fit_metadata({**meta, layout.META_POLICY: self.name, **extra})
             store.store.put_file(layout.delta_key(logical_key), delta, layout.encode_metadata(meta))
-            store.ensure_reference(ref.key, ref.sha256, ref.source_name, local)
-            if choice is not None and ref is not choice.parent:
-                p = choice.parent
-                store.ensure_reference(p.key, p.sha256, p.source_name, choice.base)
+            self._ensure(store, prefix, *kept)
         self._cache(store, src, sha)
         if old_ref and old_ref != ref.key and is_keyframe_key(old_ref):
             self.release(store, prefix)  # the overwritten delta may have been its last user
         record = store._written(
             layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta
         )
-        return replace(record, ref_key=ref.key, ref_sha256=ref.sha256)
+        return replace(record, ref_key=ref.key, ref_sha256=sha)
 
     def _write_node(self, store, prefix: str, src: Path, sha: str, name: str,
-                    choice: Choice | None) -> Node:  # fmt: skip
-        """Store `src` as a new hidden reference: raw root, or a delta against the parent."""
+                    ext: Extension | None) -> Part:  # fmt: skip
+        """Store `src` as a new hidden reference: a raw root, or a link extending `ext`."""
         key = f"{keyframe_base(prefix)}{time.time_ns():016x}-{sha[:16]}/{layout.REFERENCE_NAME}"
         meta = layout.reference_metadata(store.tool, name, sha)
-        if choice is None:
-            body, depth = src, 0
+        if ext is None:
+            body, body_sha = src, sha
+            meta[layout.META_CHAIN_DEPTH] = "0"
         else:
-            body, depth = choice.delta, choice.parent.depth + 1
-            meta["dg-note"] = CHAIN_NOTE
-            meta[layout.META_CHAIN_PARENT] = choice.parent.key
-            meta[layout.META_CHAIN_PARENT_SHA] = choice.parent.sha256
-        meta[layout.META_CHAIN_DEPTH] = str(depth)
+            body, body_sha, tip = ext.delta, sha256_file(ext.delta), ext.parts[-1]
+            meta.update(
+                {
+                    "dg-note": STREAM_NOTE,
+                    layout.META_CHAIN_PARENT: tip.key,
+                    layout.META_CHAIN_PARENT_SHA: tip.sha256,
+                    layout.META_CHAIN_DEPTH: "1",
+                    layout.META_CHAIN_MODE: layout.STREAM_MODE,
+                    layout.META_BODY_SHA: body_sha,
+                }
+            )
         meta = layout.fit_metadata(meta)
+        size = body.stat().st_size
         try:
             store.store.put_file(key, body, layout.encode_metadata(meta), if_none_match=True)
+            store.hidden_heads.remember(layout.record_from_head(key, size, "", 0, meta))
         except PreconditionFailed:
-            pass  # same stamp and content from another writer: equally valid bytes
-        log.info("%s: hidden reference for %s, depth %d", key, name, depth)
-        node = Node(key, sha, depth, name)
-        self._remember(node)
-        return node
+            pass  # same stamp and content from another writer: its link holds the same content
+        log.info("%s: hidden reference for %s (%s)", key, name, "link" if ext else "root")
+        if ext is not None:
+            self._cache(store, body, body_sha)  # the next link's source ends with this body
+        return Part(key, sha, body_sha, size, meta)
+
+    def _ensure(self, store, prefix: str, parts: list[Part], paths: list[Path]) -> None:
+        """Writer half of the delete protocol: every part of the stream our delta needs must
+        exist after our PUT; one a collector removed meanwhile is put back, root first, with
+        its stored bytes and metadata (conditional create, so two restorers agree)."""
+        present = set(hidden_reference_keys(store, prefix))
+        for part, path in zip(parts, paths, strict=True):
+            if part.key in present:
+                continue
+            log.warning("%s: hidden reference vanished while writing; restoring it", part.key)
+            try:
+                store.store.put_file(
+                    part.key, path, layout.encode_metadata(part.metadata), if_none_match=True
+                )
+            except PreconditionFailed:
+                pass
 
     def _cache(self, store, src: Path, sha: str) -> None:
-        """Keep the file's plaintext in the read cache: the next version of the series
-        encodes against it, and reading this file back costs no decode."""
+        """Keep bytes the next put will use in the read cache: a file's plaintext (reading it
+        back costs no decode) or a link's body (part of the next link's source)."""
         if store.cache is None:
             return
         try:

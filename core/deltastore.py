@@ -12,12 +12,13 @@ import logging
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from core import TOOL_NAME, codec, layout
+from core import TOOL_NAME, codec, layout, stream
 from core.backoff import DeltaBackoff
 from core.cache import NotCacheable
 from core.config import DeltaSettings
@@ -88,6 +89,7 @@ class DeltaStore:
         self._refs: dict[str, Reference] = {}
         self._refs_lock = threading.Lock()
         self.backoff = DeltaBackoff()
+        self.hidden_heads = stream.HiddenHeads(self.head_record)  # stream walks
 
     def close(self) -> None:
         """Remove the private work directory if this store created it."""
@@ -227,8 +229,9 @@ class DeltaStore:
     ) -> None:
         """Download `key` into `out` and check its SHA-256 (IntegrityError naming the key).
 
-        A dgfs chain reference (body: a delta against its parent hidden reference) is decoded
-        against its parent, materialised the same way. `chain`: the keys being decoded above
+        A dgfs chain reference is decoded: a stream link (one decode, against the root and
+        bodies of its stream: core/stream.py) or a link of an older chain (against its parent
+        hidden reference, materialised the same way). `chain`: the keys being decoded above
         this one; each counts as one sequential decode, bounded by MAX_DECODES (and cycles
         are refused).
         """
@@ -236,7 +239,8 @@ class DeltaStore:
             info, digest = self.store.download(key, f)
         if digest == sha256:
             return
-        parent = layout.chain_parent(layout.decode_metadata(info.metadata or {}))
+        meta = layout.decode_metadata(info.metadata or {})
+        parent = layout.chain_parent(meta)
         if parent is None:
             raise IntegrityError(f"{key}: sha256 mismatch (expected {sha256}, got {digest})")
         chain = (*chain, key)
@@ -245,7 +249,12 @@ class DeltaStore:
         with self._scratch() as tmp:
             delta, base = tmp / "delta", tmp / "base"
             shutil.move(out, delta)
-            self._reference_file(parent[0], parent[1], base, chain)
+            if layout.is_stream_link(meta):
+                if digest != meta.get(layout.META_BODY_SHA):
+                    raise IntegrityError(f"{key}: stream link body sha256 mismatch")
+                stream.write_source(self, self.hidden_heads, parent, base, tmp, sha256)
+            else:
+                self._reference_file(parent[0], parent[1], base, chain)
             try:
                 codec.decode(base, delta, out)
             except Exception as exc:
@@ -258,15 +267,36 @@ class DeltaStore:
     ) -> None:
         """Materialise a verified reference into `out`, through the cache when there is one
         (a chain reference is cached decoded, by its sha256)."""
+        self._through_cache(
+            ref_sha256, out, lambda tmp: self._fetch_verified(ref_key, ref_sha256, tmp, chain)
+        )
+
+    def stored_file(self, key: str, sha256: str, out: Path, cached: bool = True) -> None:
+        """The bytes stored under `key`, as they are (never decoded), checked against `sha256`,
+        into `out`, through the cache unless `cached` is False (a stream link's body is part
+        of later links' sources)."""
+
+        def download(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                _, digest = self.store.download(key, f)
+            if digest != sha256:
+                raise IntegrityError(f"{key}: stored sha256 mismatch (expected {sha256})")
+
+        if cached:
+            self._through_cache(sha256, out, download)
+        else:
+            download(out)
+
+    def _through_cache(self, sha256: str, out: Path, produce: Callable[[Path], None]) -> None:
+        """`produce(path)` writes the bytes of `sha256`: into the cache entry, copied to `out`
+        (or straight into `out` without a cache, or when the cache cannot hold them)."""
         if self.cache is None:
-            self._fetch_verified(ref_key, ref_sha256, out, chain)
+            produce(out)
             return
         try:
-            entry = self.cache.get_or_create(
-                ref_sha256, lambda tmp: self._fetch_verified(ref_key, ref_sha256, tmp, chain)
-            )
+            entry = self.cache.get_or_create(sha256, produce)
         except NotCacheable:
-            self._fetch_verified(ref_key, ref_sha256, out, chain)
+            produce(out)
             return
         with entry:
             entry.copy_to(out)

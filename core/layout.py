@@ -32,6 +32,11 @@ XATTR_HEX_PREFIX = "dgfs-xh-"
 META_CHAIN_PARENT = "dgfs-chain-parent"
 META_CHAIN_PARENT_SHA = "dgfs-chain-parent-sha256"
 META_CHAIN_DEPTH = "dgfs-chain-depth"
+# a stream link (core/stream.py): its body is a delta against its stream's source, not against
+# its parent's content; `dgfs-body-sha256` is the sha256 of that body (checked when it is a source)
+META_CHAIN_MODE = "dgfs-chain-mode"
+META_BODY_SHA = "dgfs-body-sha256"
+STREAM_MODE = "stream"
 META_POLICY = "dgfs-policy"  # the reference policy that wrote a delta (absent: deltaglider's)
 _SAFE_XATTR = re.compile(r"[a-z0-9._-]+")
 
@@ -112,6 +117,11 @@ def chain_parent(meta: dict[str, str]) -> tuple[str, str] | None:
     """(parent key, parent sha256) of a dgfs chain reference stored as a delta, else None."""
     parent, sha = meta.get(META_CHAIN_PARENT), meta.get(META_CHAIN_PARENT_SHA)
     return (parent, sha) if parent and sha else None
+
+
+def is_stream_link(meta: dict[str, str]) -> bool:
+    """A chain reference whose body is a delta against its stream's source (core/stream.py)."""
+    return meta.get(META_CHAIN_MODE) == STREAM_MODE and chain_parent(meta) is not None
 
 
 def is_hidden_key(key: str) -> bool:

@@ -3,7 +3,8 @@
 `deltaglider` (default): one `{prefix}/reference.bin` per deltaspace, the first delta-eligible
 file, never replaced; every delta is encoded against it (DeltaStore's built-in path, unchanged).
 
-`adaptive`: hidden references chained as deltas, dgfs-only (core/chain.py, ChainPolicy).
+`adaptive`: hidden references in xdelta3 streams, dgfs-only (core/chain.py, ChainPolicy;
+core/stream.py).
 
 `adaptive-compatible` (AdaptivePolicy here): besides `{prefix}/reference.bin` a
 deltaspace may hold keyframes, extra raw references at
@@ -271,12 +272,12 @@ def collect_keyframes(store, prefix: str) -> list[str]:
             except NotFound:
                 continue
             kept[key] = (path, info.metadata or {})
-        by_depth = sorted(kept, key=lambda k: chain_depth(layout.decode_metadata(kept[k][1])))
-        for key in reversed(by_depth):
-            store.store.delete(key)
         known = {k: layout.decode_metadata(meta) for k, (_, meta) in kept.items()}
+        order = _parents_first(known)
+        for key in reversed(order):
+            store.store.delete(key)
         live = _live(store, _used_refs(store, prefix), known)
-        for key in by_depth:
+        for key in order:
             if key not in live:
                 removed.append(key)
                 continue
@@ -288,23 +289,35 @@ def collect_keyframes(store, prefix: str) -> list[str]:
     return removed
 
 
-def chain_depth(meta: dict[str, str]) -> int:
-    """Chain depth recorded on a hidden reference (0: raw; unreadable values count as max)."""
-    value = meta.get(layout.META_CHAIN_DEPTH, "0" if layout.chain_parent(meta) is None else "")
-    return int(value) if value.isdigit() else MAX_DECODES
+def _parents_first(metas: dict[str, dict[str, str]]) -> list[str]:
+    """The keys of `metas` ordered so that each comes after its chain parent, if present."""
+
+    def links_below(key: str) -> int:
+        n, seen, parent = 0, {key}, layout.chain_parent(metas[key])
+        while parent and parent[0] in metas and parent[0] not in seen:
+            n, key = n + 1, parent[0]
+            seen.add(key)
+            parent = layout.chain_parent(metas[key])
+        return n
+
+    return sorted(metas, key=links_below)
 
 
 def reconstruct_depth(store, record: ObjectRecord) -> int:
     """Sequential decodes needed to read `record` (0: direct/plain): its own (a zero-diff
-    self-delta counts too) plus one per chain link below its reference."""
+    self-delta counts too) plus one per chain link below its reference (a stream link counts
+    once: its source is raw bytes)."""
     if record.kind != Kind.DELTA or not record.ref_key:
         return 0
     depth, key = 1, record.ref_key
     while depth <= MAX_DECODES:
-        parent = layout.chain_parent(store.head_record(key).metadata)
+        meta = store.head_record(key).metadata
+        parent = layout.chain_parent(meta)
         if parent is None:
             break
         depth, key = depth + 1, parent[0]
+        if layout.is_stream_link(meta):
+            break
     return depth
 
 

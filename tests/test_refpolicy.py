@@ -279,9 +279,12 @@ def test_stats_count_keyframes_in_the_deltaspace_they_serve(objectstore, tmp_pat
     store.close()
 
 
-def test_chain_depth_never_exceeds_bound(objectstore, tmp_path):
-    """A long drifting series: links chain up to the bound, never past it, and every file
-    points at a hidden reference (never at a user file)."""
+def test_stream_reads_in_two_decodes(objectstore, tmp_path, monkeypatch):
+    """A long drifting series: one stream, every file a zero-diff self-delta against its own
+    hidden reference, and a cold read of any file is one decode (its link's) whatever its
+    position in the stream."""
+    from core import codec
+
     store = adaptive_store(objectstore, tmp_path)
     versions = drifting_series(30, 21)
     expected = {}
@@ -291,32 +294,202 @@ def test_chain_depth_never_exceeds_bound(objectstore, tmp_path):
         expected[key] = data
     check_all(store, expected, tmp_path)
     records = [store.stat(k) for k in expected]
-    assert max(reconstruct_depth(store, r) for r in records) == MAX_DECODES
-    assert all(is_keyframe_key(r.ref_key) for r in records)
-    leaves = [r for r in records if r.ref_sha256 != r.sha256]  # deltas against a link
-    assert leaves and all(reconstruct_depth(store, r) == MAX_DECODES for r in leaves)
+    assert [reconstruct_depth(store, r) for r in records] == [1] + [2] * 29
+    assert all(is_keyframe_key(r.ref_key) and r.ref_sha256 == r.sha256 for r in records)
     links = [store.head_record(k) for k in keyframes(store, "rel")]
-    roots = [r for r in links if layout.chain_parent(r.metadata) is None]
-    assert len(links) == 30 - len(leaves) and 1 <= len(roots) < 10
+    assert len(links) == 30
+    assert sum(layout.chain_parent(r.metadata) is None for r in links) == 1
+    assert all(layout.is_stream_link(r.metadata) for r in links if layout.chain_parent(r.metadata))
     total = sum(o.size for p in objectstore.list_pages("rel/", None) for o in p.objects)
     assert total < 0.5 * sum(map(len, versions))
+    decodes = []
+    real = codec.decode
+    monkeypatch.setattr(codec, "decode", lambda *a: (decodes.append(a), real(*a))[1])
+    for n, (key, data) in enumerate(expected.items()):
+        decodes.clear()
+        store.get(key, tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == data
+        assert len(decodes) == (0 if n == 0 else 1)
     store.close()
 
 
-def test_chain_read_refuses_deeper_than_bound(objectstore, tmp_path):
-    """A chain written past the bound (here by a misconfigured writer) is an error naming the
-    key, never a silent deep read."""
-    store = adaptive_store(objectstore, tmp_path, threshold=2.0, depth_penalty=0.0)
-    store.policy.max_node_depth = MAX_DECODES
-    versions = drifting_series(7, 23)
+def test_stream_length_is_bounded(objectstore, tmp_path, monkeypatch):
+    """A full stream starts a new root; a reader refuses a stream longer than the bound."""
+    from core import stream
+
+    monkeypatch.setattr(stream, "MAX_STREAM_LINKS", 4)
+    store = adaptive_store(objectstore, tmp_path)
+    versions = drifting_series(12, 22)
     for i, data in enumerate(versions):
-        store.put(write(tmp_path / "src" / f"{i}", data), f"rel/d{i}.zip")
-    rec = store.stat("rel/d6.zip")
+        store.put(write(tmp_path / "src" / f"{i}", data), f"rel/b{i:02d}.zip")
+    check_all(store, {f"rel/b{i:02d}.zip": d for i, d in enumerate(versions)}, tmp_path)
+    links = [store.head_record(k) for k in keyframes(store, "rel")]
+    assert sum(layout.chain_parent(r.metadata) is None for r in links) == 3  # 1+4, 1+4, 1+1
+    monkeypatch.setattr(stream, "MAX_STREAM_LINKS", 2)
+    with pytest.raises(IntegrityError, match="longer than"):
+        store.get("rel/b04.zip", tmp_path / "out")
+    store.close()
+
+
+def test_stream_corrupted_body_is_refused(objectstore, tmp_path):
+    """A link body replaced by other bytes is an error naming the key, for the link itself
+    and for every later link whose source it is part of: never wrong bytes."""
+    store = adaptive_store(objectstore, tmp_path)
+    versions = drifting_series(4, 24)
+    for i, data in enumerate(versions):
+        store.put(write(tmp_path / "src" / f"{i}", data), f"rel/k{i}.zip")
+    link = store.stat("rel/k1.zip").ref_key
+    rec = store.head_record(link)
+    assert layout.is_stream_link(rec.metadata)
+    body = tmp_path / "body"
+    with body.open("wb") as f:
+        objectstore.download(link, f)
+    damaged = bytearray(body.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    body.write_bytes(bytes(damaged))
+    objectstore.put_file(link, body, layout.encode_metadata(rec.metadata))
+    for key in ("rel/k1.zip", "rel/k2.zip", "rel/k3.zip"):
+        with pytest.raises(IntegrityError, match=link):
+            store.get(key, tmp_path / "out")
+    store.get("rel/k0.zip", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == versions[0]
+    store.close()
+
+
+def test_stream_cycle_is_refused(objectstore, tmp_path):
+    """Links whose parents point at each other (damaged or crafted metadata) are an integrity
+    error, never an endless walk."""
+    store = adaptive_store(objectstore, tmp_path)
+    for i, data in enumerate(drifting_series(3, 30)):
+        store.put(write(tmp_path / "src" / f"{i}", data), f"rel/y{i}.zip")
+    first, second = (store.head_record(store.stat(f"rel/y{i}.zip").ref_key) for i in (1, 2))
+    meta = {
+        **first.metadata,
+        layout.META_CHAIN_PARENT: second.stored_key,
+        layout.META_CHAIN_PARENT_SHA: second.sha256,
+    }
+    objectstore.copy(first.stored_key, first.stored_key, layout.encode_metadata(meta))
+    reader = DeltaStore(objectstore, DeltaSettings(), workdir=tmp_path / "r")  # nothing memoised
+    with pytest.raises(IntegrityError, match="cycle"):
+        reader.get("rel/y2.zip", tmp_path / "out")
+    reader.close()
+    store.close()
+
+
+def test_stream_link_holding_its_roots_content_reads_through_cache(objectstore, tmp_path):
+    """A link whose content is also its stream's root (the root was past the `scan` newest
+    references): reading it through the cache fetches that root uncached instead of waiting
+    on the cache entry being filled."""
+    cache = ContentCache(CacheSettings(cache_dir=tmp_path / "cache"))
+    store = adaptive_store(objectstore, tmp_path, scan=1)
+    v0, v1 = drifting_series(2, 28)
+    for name, data in (("a", v0), ("b", v1), ("c", v0)):
+        store.put(write(tmp_path / "src" / name, data), f"rel/{name}.zip")
+    link = store.head_record(store.stat("rel/c.zip").ref_key)
+    assert layout.is_stream_link(link.metadata)
+    reader = DeltaStore(objectstore, DeltaSettings(), cache=cache, workdir=tmp_path / "r")
+    with reader.open_cached(reader.stat("rel/c.zip")) as entry:
+        entry.copy_to(tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == v0
+    reader.close()
+    store.close()
+    cache.close()
+
+
+def test_forked_stream_reads_back_both(objectstore, tmp_path, monkeypatch):
+    """Two writers extending the same tip (each unaware of the other's link) fork the stream:
+    both links read, later files extend one branch, and deletes keep the rest readable."""
+    import core.chain as chain
+
+    versions = drifting_series(6, 26)
+    first = adaptive_store(objectstore, tmp_path / "a")
+    second = adaptive_store(objectstore, tmp_path / "b")
+    expected = {}
+    for i in range(3):
+        expected[f"rel/f{i}.zip"] = versions[i]
+        first.put(write(tmp_path / "src" / f"{i}", versions[i]), f"rel/f{i}.zip")
+    tip = first.stat("rel/f1.zip").ref_key
+    other_branch = first.stat("rel/f2.zip").ref_key
+    real = chain.hidden_reference_keys
+    monkeypatch.setattr(
+        chain, "hidden_reference_keys", lambda *a: [k for k in real(*a) if k != other_branch]
+    )
+    second.put(write(tmp_path / "src" / "3", versions[3]), "rel/f3.zip")
+    monkeypatch.setattr(chain, "hidden_reference_keys", real)
+    expected["rel/f3.zip"] = versions[3]
+    parents = {
+        layout.chain_parent(first.head_record(first.stat(k).ref_key).metadata)[0]
+        for k in ("rel/f2.zip", "rel/f3.zip")
+    }
+    assert parents == {tip}
+    for i in (4, 5):
+        second.put(write(tmp_path / "src" / f"{i}", versions[i]), f"rel/f{i}.zip")
+        expected[f"rel/f{i}.zip"] = versions[i]
+    check_all(first, expected, tmp_path)
+    for key in ("rel/f2.zip", "rel/f1.zip", "rel/f4.zip"):
+        first.delete(first.stat(key))
+        del expected[key]
+        check_all(second, expected, tmp_path)
+        assert set(keyframes(first, "rel")) == live_hidden(first, expected)
+    first.close()
+    second.close()
+
+
+def write_legacy_chain(store: DeltaStore, versions: list[bytes], tmp_path: Path) -> None:
+    """`rel/old{i}.zip` as the previous adaptive version wrote them: a raw root, then hidden
+    references that are deltas against their parent's decoded content (no stream mode), each
+    file a zero-diff self-delta against its own."""
+    import hashlib
+
+    from core import codec
+
+    parent = None
+    for i, data in enumerate(versions):
+        sha = hashlib.sha256(data).hexdigest()
+        key = f"{keyframe_base('rel')}{i + 1:016x}-{sha[:16]}/{layout.REFERENCE_NAME}"
+        src = write(tmp_path / "legacy" / f"{i}", data)
+        meta, body = layout.reference_metadata("dgfs/0.1", f"old{i}.zip", sha), src
+        meta[layout.META_CHAIN_DEPTH] = str(i)
+        if parent is not None:
+            body = tmp_path / "legacy" / f"{i}.link"
+            codec.encode(parent[2], src, body)
+            meta[layout.META_CHAIN_PARENT], meta[layout.META_CHAIN_PARENT_SHA] = parent[:2]
+        store.store.put_file(key, body, layout.encode_metadata(meta))
+        delta = tmp_path / "legacy" / f"{i}.delta"
+        size = codec.encode(src, src, delta)
+        meta = layout.delta_metadata("dgfs/0.1", f"old{i}.zip", sha, len(data), key, sha, size,
+                                     True)  # fmt: skip
+        meta[layout.META_POLICY] = "adaptive"
+        store.store.put_file(f"rel/old{i}.zip.delta", delta, layout.encode_metadata(meta))
+        parent = (key, sha, src)
+
+
+def test_legacy_chain_still_reads(objectstore, tmp_path):
+    """Chains written by the previous adaptive version (links decoded against their parent's
+    content) read up to the decode bound and are refused past it; new files never extend
+    them, and deleting everything collects them."""
+    store = adaptive_store(objectstore, tmp_path)
+    versions = drifting_series(7, 23)
+    write_legacy_chain(store, versions[:5], tmp_path)
+    expected = {f"rel/old{i}.zip": versions[i] for i in range(4)}
+    rec = store.stat("rel/old4.zip")
     assert reconstruct_depth(store, rec) > MAX_DECODES
     with pytest.raises(IntegrityError, match="deeper than"):
-        store.get("rel/d6.zip", tmp_path / "out", rec)
-    store.get("rel/d2.zip", tmp_path / "out")
-    assert (tmp_path / "out").read_bytes() == versions[2]
+        store.get("rel/old4.zip", tmp_path / "out", rec)
+    store.delete(rec)
+    check_all(store, expected, tmp_path)
+    assert reconstruct_depth(store, store.stat("rel/old3.zip")) == MAX_DECODES
+    for i in (5, 6):
+        store.put(write(tmp_path / "src" / f"{i}", versions[i]), f"rel/new{i}.zip")
+        expected[f"rel/new{i}.zip"] = versions[i]
+    check_all(store, expected, tmp_path)
+    for i in (5, 6):
+        ref = store.head_record(store.stat(f"rel/new{i}.zip").ref_key)
+        assert layout.chain_parent(ref.metadata) is None or layout.is_stream_link(ref.metadata)
+        assert reconstruct_depth(store, store.stat(f"rel/new{i}.zip")) <= 2
+    for key in list(expected):
+        store.delete(store.stat(key))
+    assert [o.key for p in objectstore.list_pages("rel/", None) for o in p.objects] == []
     store.close()
 
 
@@ -350,8 +523,9 @@ def test_chain_read_through_cache_decodes_once_per_link(objectstore, tmp_path, m
 
 def test_chain_writer_restores_a_parent_collected_during_its_put(objectstore, tmp_path,
                                                                  monkeypatch):  # fmt: skip
-    """Writer half of the delete protocol: a collector removes the (then unused) parent
-    between the writer's encode and its PUT; the writer puts it back, raw, from its copy."""
+    """Writer half of the delete protocol: a collector removes the (then unused) stream
+    between the writer's encode and its PUT; the writer puts it back from its copies, with
+    their stored bytes and metadata."""
     store = adaptive_store(objectstore, tmp_path)
     other = adaptive_store(objectstore, tmp_path, "adaptive", threshold=0.9)
     v0, v1, v2 = drifting_series(3, 27)
