@@ -168,13 +168,15 @@ class ChainPolicy(ReferencePolicy):
                 store.tool, name, sha, size, ref.key, sha, delta_size, zero_diff=True
             )
             meta = layout.fit_metadata({**meta, layout.META_POLICY: self.name, **extra})
-            store.store.put_file(layout.delta_key(logical_key), delta, layout.encode_metadata(meta))
+            stamp = store.store.put_file(
+                layout.delta_key(logical_key), delta, layout.encode_metadata(meta)
+            )
             self._ensure(store, prefix, *kept)
         self._cache(store, src, sha)
         if old_ref and old_ref != ref.key and is_keyframe_key(old_ref):
             self.release(store, prefix)  # the overwritten delta may have been its last user
         record = store._written(
-            layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta
+            layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta, stamp
         )
         return replace(record, ref_key=ref.key, ref_sha256=sha)
 

@@ -161,12 +161,14 @@ class AdaptivePolicy(ReferencePolicy):
                 store.tool, name, sha, size, chosen.key, chosen.sha256, delta_size, zero_diff
             )
             meta = layout.fit_metadata({**meta, layout.META_POLICY: self.name, **extra})
-            store.store.put_file(layout.delta_key(logical_key), delta, layout.encode_metadata(meta))
+            stamp = store.store.put_file(
+                layout.delta_key(logical_key), delta, layout.encode_metadata(meta)
+            )
             store.ensure_reference(chosen.key, chosen.sha256, chosen.source_name, local)
         if old_ref and old_ref != chosen.key and is_keyframe_key(old_ref):
             self.release(store, prefix)  # the overwritten delta may have been its last user
         record = store._written(
-            layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta
+            layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta, stamp
         )
         return replace(record, ref_key=chosen.key, ref_sha256=chosen.sha256)
 
