@@ -181,14 +181,13 @@ class RecordCache:
         if self._writer is not None:
             self._writer.touch(layout.deltaspace_of(stored_key))
 
-    def _store_many(self, records: list[ObjectRecord]) -> None:
-        """Keep records learned from the server (an index) in memory and SQLite at once."""
-        with self._lock:
-            for record in records:
-                self._records[record.stored_key] = record
-                self._adopted.discard(record.stored_key)
+    def _persist(self, records: list[ObjectRecord]) -> None:
+        """Keep records learned from the server (an index) in SQLite, in one transaction."""
         if self._db is not None and records:
-            self._db.put_many(records)
+            try:
+                self._db.put_many(records)
+            except sqlite3.Error as exc:  # a cache: the next mount HEADs or reads the index
+                log.warning("metadata cache not updated: %s", exc)
 
     def _store(self, record: ObjectRecord, adopted: bool = False) -> None:
         with self._lock:
@@ -247,20 +246,23 @@ class RecordCache:
         misses = [obj for obj in objects if self._valid(obj, persisted=False) is None]
         misses = [obj for obj, r in zip(misses, self._from_db(misses), strict=True) if r is None]
         indexes = self._index_loads(misses)
-        batches: dict[str, list[tuple[ObjectInfo, Future]]] = {}
-        for obj in misses:
-            with self._lock:
+        # one future per directory's batch (its result: key → record, or → the future of a
+        # HEAD for what the index does not vouch for), one per HEAD otherwise
+        batches: dict[str, tuple[list[ObjectInfo], Future]] = {}
+        with self._lock:  # once per page: an index arriving meanwhile waits, not ping-pongs
+            for obj in misses:
                 if obj.key in self._inflight or self._in_memory(obj):
                     continue  # (HEADed meanwhile)
                 prefix = layout.deltaspace_of(obj.key)
                 if prefix in indexes:
-                    future: Future = Future()
-                    batches.setdefault(prefix, []).append((obj, future))
+                    if prefix not in batches:
+                        batches[prefix] = ([], Future())
+                    batches[prefix][0].append(obj)
+                    self._inflight[obj.key] = batches[prefix][1]
                 else:
-                    future = self._pool.submit(self._head, obj)
-                self._inflight[obj.key] = future
-        for prefix, batch in batches.items():
-            indexes[prefix].add_done_callback(functools.partial(self._from_index, batch))
+                    self._inflight[obj.key] = self._pool.submit(self._head, obj)
+        for prefix, (batch, future) in batches.items():
+            indexes[prefix].add_done_callback(functools.partial(self._from_index, batch, future))
 
     def _in_memory(self, obj: ObjectInfo) -> bool:
         """Whether memory holds a record matching the listed object (lock held)."""
@@ -289,38 +291,45 @@ class RecordCache:
         for obj in objects:
             with self._lock:
                 future = self._inflight.get(obj.key)
-            results.append(future.result() if future else self._valid(obj) or self._head(obj))
+            if future is None:
+                results.append(self._valid(obj) or self._head(obj))
+                continue
+            answer = future.result()
+            if isinstance(answer, dict):  # a directory batch answered from its index
+                answer = answer[obj.key]
+            results.append(answer.result() if isinstance(answer, Future) else answer)
         return results
 
-    def _from_index(self, batch: list[tuple[ObjectInfo, Future]], index: Future) -> None:
-        """Complete a batch of lookups from a loaded index; HEAD what it does not vouch for.
-
-        Runs as the index load's done-callback: it must complete every future, whatever fails.
-        """
-        found: list[tuple[Future, ObjectRecord]] = []
-        rest = batch
+    def _from_index(self, batch: list[ObjectInfo], answer: Future, index: Future) -> None:
+        """Answer a directory's batch of lookups from its loaded index; HEAD what it does not
+        vouch for. Runs as the index load's done-callback: it must always answer."""
+        found: dict[str, ObjectRecord] = {}
         try:
             entries = index.result()
-            found, rest = [], []
-            for obj, future in batch:
+            for obj in batch:
                 record = dirindex.record_for(entries, obj)
-                if record is None:
-                    rest.append((obj, future))
-                else:
-                    found.append((future, record))
-            self._store_many([record for _, record in found])
+                if record is not None:
+                    found[obj.key] = record
         except Exception as exc:  # the index is only a hint: HEAD everything instead
             log.info("directory index unusable (%s); HEADing", exc)
-            found, rest = [], batch
-        for future, record in found:
-            with self._lock:
-                self._inflight.pop(record.stored_key, None)
-            future.set_result(record)
-        for obj, future in rest:
-            try:
-                self._pool.submit(self._head_into, obj, future)
-            except RuntimeError as exc:  # pool shut down (closing)
-                future.set_exception(exc)
+            found = {}
+        heads: dict[str, Future] = {}
+        with self._lock:  # in memory before leaving _inflight, so no caller HEADs it again
+            for key, record in found.items():
+                self._records[key] = record
+                self._adopted.discard(key)
+                self._inflight.pop(key, None)
+            for obj in batch:
+                if obj.key not in found:
+                    heads[obj.key] = self._inflight[obj.key] = Future()
+        answer.set_result({**found, **heads})
+        for obj in batch:
+            if obj.key in heads:
+                try:
+                    self._pool.submit(self._head_into, obj, heads[obj.key])
+                except RuntimeError as exc:  # pool shut down (closing)
+                    heads[obj.key].set_exception(exc)
+        self._persist(list(found.values()))  # after the waiters are answered
 
     def _head_into(self, obj: ObjectInfo, future: Future) -> None:
         try:

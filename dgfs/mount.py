@@ -6,6 +6,7 @@ and returns once the child reports over a pipe that the mount is ready (or why i
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -161,6 +162,11 @@ async def _serve(ops: DgfsOperations, ready_fd: int | None) -> list[str]:
         nursery.start_soon(_on_signals)
         nursery.start_soon(ops.retry_failed_uploads)
         nursery.start_soon(ops.apply_pending_attrs)
+        # boto3's service models and the imports are hundreds of thousands of long-lived
+        # objects: left to the cyclic GC, every full collection rescans them (measured: 80 ms
+        # in the middle of a cold `ls -l` of 1,000 files). Freeze them out of its view.
+        gc.collect()
+        gc.freeze()
         _report_ready(ready_fd, "ok")
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
