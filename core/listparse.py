@@ -50,10 +50,8 @@ def parse_list_body(body: bytes, timestamp: Callable[[str], datetime]) -> dict |
     contents = []
     for item in root.iterfind(ns + "Contents"):
         entry: dict = {"Key": item.findtext(ns + "Key") or ""}
-        for name, value in (
-            ("ETag", item.findtext(ns + "ETag")),
-            ("StorageClass", item.findtext(ns + "StorageClass")),
-        ):
+        for name in ("ETag", "StorageClass"):
+            value = item.findtext(ns + name)
             if value is not None:
                 entry[name] = value
         size = item.findtext(ns + "Size")

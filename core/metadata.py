@@ -52,9 +52,6 @@ class _Persisted:
         )
         self._lock = threading.Lock()
 
-    def get(self, obj: ObjectInfo) -> ObjectRecord | None:
-        return self.get_many([obj]).get(obj.key)
-
     def get_many(self, objects: list[ObjectInfo]) -> dict[str, ObjectRecord]:
         """Stored records still matching the listed objects (same ETag, size and second)."""
         rows: dict[str, tuple] = {}
@@ -220,13 +217,7 @@ class RecordCache:
                 record = replace(record, etag=obj.etag, last_modified_ns=obj.last_modified_ns)
                 self._store(record, adopted=True)
                 return record
-        if persisted and self._db is not None:
-            record = self._db.get(obj)
-            if record is not None:
-                with self._lock:
-                    self._records[obj.key] = record
-                return record
-        return None
+        return self._from_db([obj])[0] if persisted else None
 
     def _from_db(self, objects: list[ObjectInfo]) -> list[ObjectRecord | None]:
         """Persisted records for many listed objects in one query (kept in memory)."""
