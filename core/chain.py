@@ -130,7 +130,7 @@ class ChainPolicy(ReferencePolicy):
         cap = min(codec.MAX_SOURCE_WINDOW, max(MIN_BUDGET, int(self.budget * parts[0].size)))
         return len(parts) > stream.MAX_STREAM_LINKS or sum(p.size for p in parts) > cap
 
-    def _extend(self, store, src: Path, name: str, size: int, tip: ObjectRecord,
+    def _extend(self, store, src: Path, name: str, size: int, sha: str, tip: ObjectRecord,
                 tmp: Path) -> Extension | None:  # fmt: skip
         """Encode `src` against the stream ending at `tip` (bounded by `threshold`); None when
         the stream is full or unrelated, or the delta too large."""
@@ -143,7 +143,7 @@ class ChainPolicy(ReferencePolicy):
             return None
         source, delta = tmp / "source", tmp / "stream.delta"
         stream.concat(paths, source)
-        if codec.encode(source, src, delta, int(self.threshold * size)) is None:
+        if codec.encode(source, src, delta, sha, int(self.threshold * size)) is None:
             return None
         source.unlink()
         return Extension(parts, paths, delta)
@@ -157,12 +157,12 @@ class ChainPolicy(ReferencePolicy):
             same, tip = self.candidates(store, prefix, sha, name)
             kept = None if same is None else self._stream(store, same, tmp, extending=False)
             if kept is None:
-                ext = self._extend(store, src, name, size, tip, tmp) if tip else None
+                ext = self._extend(store, src, name, size, sha, tip, tmp) if tip else None
                 node = self._write_node(store, prefix, src, sha, name, ext)
                 kept = ([*ext.parts, node], [*ext.paths, ext.delta]) if ext else ([node], [src])
             ref = kept[0][-1]
             delta = tmp / "self.delta"
-            codec.encode(src, src, delta)
+            codec.encode(src, src, delta, sha)
             delta_size = delta.stat().st_size
             meta = layout.delta_metadata(
                 store.tool, name, sha, size, ref.key, sha, delta_size, zero_diff=True

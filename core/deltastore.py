@@ -22,8 +22,15 @@ from core import TOOL_NAME, codec, layout, stream
 from core.backoff import DeltaBackoff
 from core.cache import NotCacheable
 from core.config import DeltaSettings
-from core.errors import DgError, IntegrityError, NoSpace, NotFound, PreconditionFailed
-from core.hashing import sha256_file
+from core.errors import (
+    CodecError,
+    DgError,
+    IntegrityError,
+    NoSpace,
+    NotFound,
+    PreconditionFailed,
+)
+from core.hashing import CHUNK, sha256_file
 from core.layout import Kind, ObjectRecord, PosixAttrs
 from core.objectstore import ObjectInfo, ObjectStore, PutStamp
 from core.policy import looks_related, may_delta, sniff, suffix_of
@@ -33,6 +40,10 @@ from core.scratch import private_dir
 log = logging.getLogger("dgfs.store")
 
 HEAD_CONCURRENCY = 32
+
+DECOMPRESSED_REASON = "delta of externally decompressed content"
+COMPRESSED_SUFFIXES = (".gz", ".tgz", ".bz2", ".tbz2", ".xz", ".txz", ".lzma", ".z")
+DIAGNOSE_EXPANSION = 100  # a decompressed-delta check stops past 100× the file's size
 
 
 class TooManyObjects(DgError):
@@ -350,7 +361,7 @@ class DeltaStore:
             and may_delta(self.settings, logical_key, size)
             and self.backoff.should_try(prefix, name)
         ):
-            record = self._put_delta(src, logical_key, prefix, name, size, sha, extra)
+            record = self._put_delta_checked(src, logical_key, prefix, name, size, sha, extra)
             self.backoff.record(prefix, name, paid=record is not None)
         if record is None:
             meta = layout.fit_metadata(
@@ -361,6 +372,25 @@ class DeltaStore:
         if not known_new:
             self._remove_other_form(logical_key, record.kind, previous)
         return record
+
+    def _put_delta_checked(
+        self,
+        src: Path,
+        logical_key: str,
+        prefix: str,
+        name: str,
+        size: int,
+        sha: str,
+        extra: dict[str, str],
+    ) -> ObjectRecord | None:
+        """`_put_delta`, or None (store direct) when the delta did not decode back to `src`:
+        references made for it and left unused are released."""
+        try:
+            return self._put_delta(src, logical_key, prefix, name, size, sha, extra)
+        except codec.RoundTripMismatch as exc:
+            log.warning("%s: %s; storing direct", logical_key, exc)
+            self._release_reference(prefix)
+            return None
 
     def _put_delta(
         self,
@@ -380,7 +410,7 @@ class DeltaStore:
             if ref is None and self._create_reference(prefix, src, sha, name):
                 ref = self.reference(prefix)
                 try:
-                    codec.encode(src, src, delta_path)
+                    codec.encode(src, src, delta_path, sha)
                 except Exception:
                     self._release_reference(prefix, local_copy=src)  # ours, no delta uses it yet
                     raise
@@ -400,7 +430,7 @@ class DeltaStore:
                         return None
                 zero_diff = ref.sha256 == sha
                 limit = None if zero_diff else int(self.settings.max_ratio * size)
-                if codec.encode(ref_path, src, delta_path, limit) is None:
+                if codec.encode(ref_path, src, delta_path, sha, limit) is None:
                     log.info("%s: delta exceeds max ratio; storing direct", logical_key)
                     return None
             delta_size = delta_path.stat().st_size
@@ -525,28 +555,48 @@ class DeltaStore:
                 raise _missing_reference(record) from None
             return
         self._decode(record, scratch_base or self.workdir, out)
-        digest = sha256_file(out)
-        if digest != record.sha256:
-            raise IntegrityError(f"{record.stored_key}: reconstructed sha256 mismatch")
 
     def _decode(self, record: ObjectRecord, base: Path, out: Path) -> None:
-        """Fetch a delta and its reference into a scratch dir under `base`, decode to `out`."""
+        """Fetch a delta and its reference into a scratch dir under `base`, decode to `out`
+        and check the SHA-256; a delta of externally decompressed content is named as such."""
         with private_dir(base) as tmp:
-            ref_path, delta_path = tmp / "reference", tmp / "delta"
+            ref_path, delta_path = self._fetch_delta(record, tmp)
             try:
-                self._reference_file(
-                    record.ref_key, record.ref_sha256, ref_path, (record.stored_key,)
-                )
-            except NotFound:
-                raise _missing_reference(record) from None
-            with delta_path.open("wb") as f:
-                self.store.download(record.stored_key, f)
-            try:
-                codec.decode(ref_path, delta_path, out)
+                codec.decode(ref_path, delta_path, out, record.original_size)
+                if sha256_file(out) == record.sha256:
+                    return
+                problem = "reconstructed sha256 mismatch"
             except NoSpace:
                 raise
             except Exception as exc:
-                raise IntegrityError(f"{record.stored_key}: cannot decode ({exc})") from None
+                problem = f"cannot decode ({exc})"
+            if _decompressed_delta(ref_path, delta_path, record, tmp / "decompressed"):
+                raise DecompressedDelta(record.stored_key, self.store.bucket)
+            raise IntegrityError(f"{record.stored_key}: {problem}")
+
+    def _fetch_delta(self, record: ObjectRecord, tmp: Path) -> tuple[Path, Path]:
+        """A delta's verified reference and its body, downloaded into `tmp`."""
+        ref_path, delta_path = tmp / "reference", tmp / "delta"
+        try:
+            self._reference_file(record.ref_key, record.ref_sha256, ref_path, (record.stored_key,))
+        except NotFound:
+            raise _missing_reference(record) from None
+        with delta_path.open("wb") as f:
+            self.store.download(record.stored_key, f)
+        return ref_path, delta_path
+
+    def get_decompressed(self, logical_key: str, out: Path) -> ObjectRecord:
+        """Write the decompressed content of a delta of externally decompressed content (see
+        DecompressedDelta) to `out`; CodecError if the delta is not one. Unverifiable: the
+        recorded SHA-256 is of the compressed file, which cannot be rebuilt."""
+        record = self.stat(logical_key)
+        check_record(record)
+        if record.kind != Kind.DELTA or not record.ref_key:
+            raise CodecError(f"{record.stored_key}: not a delta; read it as usual")
+        with private_dir(self.workdir) as tmp:
+            ref_path, delta_path = self._fetch_delta(record, tmp)
+            codec.decode_decompressed(ref_path, delta_path, out)
+        return record
 
     def open_cached(self, record: ObjectRecord):
         """A pinned cache entry holding the original bytes of `record` (reconstructed once).
@@ -762,6 +812,36 @@ def check_record(record: ObjectRecord) -> None:
             raise IntegrityError(f"{record.stored_key}: dg-file-size is missing or not a number")
         if not _is_sha256(record.ref_sha256):
             raise IntegrityError(f"{record.stored_key}: dg-ref-sha256 is not a SHA-256")
+
+
+class DecompressedDelta(IntegrityError):
+    """A delta made by xdelta3 from externally decompressed inputs: the original compressed
+    bytes cannot be rebuilt, only the decompressed content."""
+
+    def __init__(self, stored_key: str, bucket: str) -> None:
+        logical = stored_key.removesuffix(layout.DELTA_SUFFIX)
+        super().__init__(
+            f"{stored_key}: {DECOMPRESSED_REASON} (written by xdelta3 without -D, e.g. by "
+            f"deltaglider 6.2 or an earlier dgfs); the original bytes cannot be rebuilt; "
+            f"`dgfs get --decompressed s3://{bucket}/{logical} DEST` writes its "
+            "decompressed content"
+        )
+
+
+def _decompressed_delta(ref: Path, delta: Path, record: ObjectRecord, out: Path) -> bool:
+    """Whether `delta` was made from externally decompressed inputs: the file or its
+    reference is compressed (by magic or name), and an xdelta3 run that decompresses inputs
+    and never recompresses decodes it to content of another SHA-256."""
+    name = record.logical_key.lower()
+    compressed_name = name.endswith(COMPRESSED_SUFFIXES)
+    if not compressed_name and codec.compression_of(ref) is None:
+        return False
+    try:
+        bound = DIAGNOSE_EXPANSION * record.original_size + CHUNK
+        codec.decode_decompressed(ref, delta, out, bound)
+    except DgError:
+        return False
+    return sha256_file(out) != record.sha256
 
 
 def _missing_reference(record: ObjectRecord) -> IntegrityError:

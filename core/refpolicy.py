@@ -143,7 +143,7 @@ class AdaptivePolicy(ReferencePolicy):
                 ref = store.reference(prefix)
                 chosen = Candidate(ref.key, ref.sha256, ref.source_name)
                 delta, local = tmp / "self.delta", src
-                codec.encode(src, src, delta)
+                codec.encode(src, src, delta, sha)
             else:
                 best = self._best_delta(store, src, name, sha, size, prefix, tmp)
                 if best is None:
@@ -152,7 +152,7 @@ class AdaptivePolicy(ReferencePolicy):
                 if chosen.sha256 != sha and delta.stat().st_size > self.threshold * size:
                     chosen = self._promote(store, prefix, src, sha, name)
                     delta, local = tmp / "self.delta", src
-                    codec.encode(src, src, delta)
+                    codec.encode(src, src, delta, sha)
             zero_diff = chosen.sha256 == sha
             delta_size = delta.stat().st_size
             if size and delta_size > store.settings.max_ratio * size and not zero_diff:
@@ -186,7 +186,7 @@ class AdaptivePolicy(ReferencePolicy):
                 same_suffix = suffix_of(name) == suffix_of(cand.source_name) != ""
                 if not looks_related(head, sniff(ref_path), same_suffix):
                     continue
-            codec.encode(ref_path, src, delta)
+            codec.encode(ref_path, src, delta, sha)
             if best is None or delta.stat().st_size < best[1].stat().st_size:
                 best = (cand, delta, ref_path)
             if cand.sha256 == sha or delta.stat().st_size <= self.good_enough * size:

@@ -1,4 +1,4 @@
-"""`dgfs stats`, `dgfs gc`, `dgfs verify` and `dgfs cache info|clear`: work without a mount."""
+"""`dgfs stats`, `dgfs gc`, `dgfs verify`, `dgfs get` and `dgfs cache info|clear`: no mount."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdo
 
 def register(main: click.Group) -> None:
     """Add the maintenance commands to the `dgfs` group."""
-    for command in (stats_cmd, gc_cmd, verify_cmd, cache_group):
+    for command in (stats_cmd, gc_cmd, verify_cmd, get_cmd, cache_group):
         main.add_command(command)
 
 
@@ -55,6 +55,8 @@ def one_line_errors() -> Iterator[None]:
         yield
     except (DgError, ConfigError, CacheError, CacheConfigError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or 'error'}: {exc.strerror or exc}") from None
 
 
 @contextmanager
@@ -309,6 +311,45 @@ def verify_cmd(url: str, as_json: bool, jobs: int, endpoint_url: str | None) -> 
         keys = sorted(report.failed)
         shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         raise click.ClickException(f"verification failed for {len(keys)} file(s): {shown}")
+
+
+# ---------------------------------------------------------------- get
+
+
+@click.command("get")
+@click.argument("url")
+@click.argument("dest", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@click.option(
+    "--decompressed",
+    is_flag=True,
+    help="For a delta of externally decompressed content (see `dgfs verify`): write its "
+    "decompressed content, which is all that can be recovered (not checked: the recorded "
+    "SHA-256 is of the compressed file).",
+)
+@_ENDPOINT
+def get_cmd(url: str, dest: Path, decompressed: bool, endpoint_url: str | None) -> None:
+    """Download one file s3://BUCKET/KEY to DEST, reconstructed and SHA-256 checked.
+
+    \b
+    Examples:
+      dgfs get s3://releases/app/app-1.2.zip app-1.2.zip
+      dgfs get --decompressed s3://releases/src/app-1.2.tar.gz app-1.2.tar
+    """
+    bucket, path = parse_url(url)
+    if not path:
+        raise click.BadParameter(f"{url!r}: expected s3://BUCKET/KEY")
+    partial = dest.with_name(f".{dest.name}.dgfs-partial")
+    with one_line_errors(), open_store(bucket, endpoint_url) as store:
+        try:
+            if decompressed:
+                record = store.get_decompressed(path, partial)
+            else:
+                record = store.get(path, partial)
+            partial.replace(dest)
+        finally:
+            partial.unlink(missing_ok=True)
+    what = "decompressed content (unverified)" if decompressed else "sha256 ok"
+    click.echo(f"{s3_url(bucket, record.logical_key)} -> {dest} ({what})", err=True)
 
 
 # ---------------------------------------------------------------- cache

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv xdelta3 attr rsync strace)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv xdelta3 attr rsync strace
+    gzip bzip2 xz-utils ncompress)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

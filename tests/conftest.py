@@ -65,8 +65,11 @@ def mounter(s3_server, tmp_path: Path):
 
     mounts: list[Mount] = []
 
-    def do_mount(bucket: str, name: str = "mnt", *extra: str, check: bool = True) -> Mount:
-        m = mount(bucket, tmp_path / name, tmp_path / "cache", *extra, check=check)
+    def do_mount(
+        bucket: str, name: str = "mnt", *extra: str, check: bool = True, cache: str = "cache"
+    ) -> Mount:
+        """Mount `bucket` on `tmp_path/name`; `cache` names the cache dir (a new name: cold)."""
+        m = mount(bucket, tmp_path / name, tmp_path / cache, *extra, check=check)
         mounts.append(m)
         return m
 

@@ -16,11 +16,14 @@ deltaglider CLI quirks worked around here (all in 6.2.0):
 
 from __future__ import annotations
 
+import errno
+import gzip
 import hashlib
 import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -28,7 +31,7 @@ import pytest
 
 from core.deltastore import DeltaStore
 from core.layout import Kind
-from tests.datagen import random_bytes, version_series, write
+from tests.datagen import compressed_series, random_bytes, version_series, write
 
 pytestmark = pytest.mark.interop
 
@@ -356,3 +359,45 @@ def test_deltaglider_ignores_the_dgfs_directory_index(dg, s3, bucket, mounter):
     stats = dg.stats(bucket, "--detailed", "--no-cache")
     assert stats["object_count"] == len(files) + 1  # + the `idx/` marker, counted by deltaglider
     assert stats["delta_objects"] == 3
+
+
+@pytest.mark.fuse
+def test_deltaglider_tar_gz_delta_gives_eio_and_verify_names_it(dg, s3, bucket, mounter, tmp_path):
+    """deltaglider 6.2 runs xdelta3 without -D: its delta of a .tar.gz is one of the
+    decompressed tar, which cannot give the original bytes back. dgfs never returns other
+    bytes: EIO with a log line, `verify` names the reason, `get --decompressed` saves the tar."""
+    versions = compressed_series(".tar.gz", 2, seed=5)
+    logical = [f"src/pkg-1.{i}.tar.gz" for i in range(2)]
+    for key, data in zip(logical, versions, strict=True):
+        dg.upload(write(tmp_path / "up" / key.rsplit("/", 1)[1], data), bucket, key)
+    assert f"{logical[1]}.delta" in keys(s3, bucket)
+
+    m = mounter(bucket, "mnt", cache="cold")
+    assert (m.path / logical[0]).read_bytes() == versions[0]  # zero-diff: the reference itself
+    with pytest.raises(OSError) as err:
+        (m.path / logical[1]).read_bytes()
+    assert err.value.errno == errno.EIO
+    assert "delta of externally decompressed content" in m.log_text()
+    assert "dgfs get --decompressed" in m.log_text()
+
+    dgfs = [sys.executable, "-m", "dgfs.cli"]
+    verify = subprocess.run([*dgfs, "verify", f"s3://{bucket}"], capture_output=True, text=True)
+    assert verify.returncode == 1
+    assert f"{logical[1]}.delta: delta of externally decompressed content" in verify.stdout
+    assert "Traceback" not in verify.stderr
+
+    out = tmp_path / "pkg.tar"
+    got = subprocess.run(
+        [*dgfs, "get", "--decompressed", f"s3://{bucket}/{logical[1]}", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == gzip.decompress(versions[1])
+    plain = subprocess.run(
+        [*dgfs, "get", f"s3://{bucket}/{logical[1]}", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert plain.returncode == 1 and "externally decompressed" in plain.stderr
+    assert not (tmp_path / "x").exists()

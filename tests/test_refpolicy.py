@@ -452,11 +452,11 @@ def write_legacy_chain(store: DeltaStore, versions: list[bytes], tmp_path: Path)
         meta[layout.META_CHAIN_DEPTH] = str(i)
         if parent is not None:
             body = tmp_path / "legacy" / f"{i}.link"
-            codec.encode(parent[2], src, body)
+            codec.encode(parent[2], src, body, sha)
             meta[layout.META_CHAIN_PARENT], meta[layout.META_CHAIN_PARENT_SHA] = parent[:2]
         store.store.put_file(key, body, layout.encode_metadata(meta))
         delta = tmp_path / "legacy" / f"{i}.delta"
-        size = codec.encode(src, src, delta)
+        size = codec.encode(src, src, delta, sha)
         meta = layout.delta_metadata("dgfs/0.1", f"old{i}.zip", sha, len(data), key, sha, size,
                                      True)  # fmt: skip
         meta[layout.META_POLICY] = "adaptive"

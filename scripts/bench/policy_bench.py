@@ -32,6 +32,7 @@ from core import codec  # noqa: E402
 from core.cache import CacheSettings, ContentCache  # noqa: E402
 from core.config import DeltaSettings, s3_settings_from_env  # noqa: E402
 from core.deltastore import DeltaStore  # noqa: E402
+from core.hashing import sha256_file  # noqa: E402
 from core.objectstore import ObjectStore  # noqa: E402
 from core.refpolicy import reconstruct_depth  # noqa: E402
 from dgfs import localserver  # noqa: E402
@@ -90,15 +91,17 @@ def log(msg: str) -> None:
     print(f"[policy-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def fetch(pkg: str, versions: list[str]) -> list[Path]:
+def fetch(pkg: str, versions: list[str], sdist: bool = False) -> list[Path]:
+    """The wheels (or, with `sdist`, the source archives) of `pkg` at `versions`."""
     out = []
+    kind = ["--no-binary", ":all:"] if sdist else WHEEL
     for v in versions:
-        d = CACHE / pkg / v
+        d = CACHE / (f"{pkg}-sdist" if sdist else pkg) / v
         files = sorted(d.glob("*")) if d.is_dir() else []
         if not files:
             log(f"pip download {pkg}=={v}")
             d.mkdir(parents=True, exist_ok=True)
-            cmd = [PY, "-m", "pip", "download", "-q", "--no-deps", *WHEEL, f"{pkg}=={v}", "-d"]
+            cmd = [PY, "-m", "pip", "download", "-q", "--no-deps", *kind, f"{pkg}=={v}", "-d"]
             subprocess.run([*cmd, str(d)], check=True, capture_output=True)
             files = sorted(d.glob("*"))
         out.append(files[0])
@@ -123,7 +126,7 @@ def chain_vs_previous(paths: list[Path], tmp: Path) -> tuple[int, float]:
     total, secs = paths[0].stat().st_size, 0.0
     for a, b in zip(paths, paths[1:], strict=False):
         t = time.perf_counter()
-        total += codec.encode(a, b, tmp / "chain.delta")
+        total += codec.encode(a, b, tmp / "chain.delta", sha256_file(b))
         secs += time.perf_counter() - t
     return total, secs / max(1, len(paths) - 1)
 
