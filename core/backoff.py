@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from core.policy import suffix_of
+from core.eligibility import suffix_of
 
 FAILURES_BEFORE_SKIP = 3
 MAX_GAP = 16

@@ -18,10 +18,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from core import TOOL_NAME, codec, layout, stream
+from core import TOOL_NAME, codec, layout
 from core.backoff import DeltaBackoff
 from core.cache import NotCacheable
 from core.config import DeltaSettings
+from core.eligibility import may_delta
 from core.errors import (
     CodecError,
     DgError,
@@ -33,8 +34,7 @@ from core.errors import (
 from core.hashing import CHUNK, sha256_file
 from core.layout import Kind, ObjectRecord, PosixAttrs
 from core.objectstore import ObjectInfo, ObjectStore, PutStamp
-from core.policy import looks_related, may_delta, sniff, suffix_of
-from core.refpolicy import MAX_DECODES, ReferencePolicy, make_policy
+from core.policies import MAX_DECODES, Candidate, ReferencePolicy, make_policy, stream
 from core.scratch import private_dir
 
 log = logging.getLogger("dgfs.store")
@@ -107,7 +107,7 @@ class DeltaStore:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _scratch(self) -> AbstractContextManager[Path]:
+    def scratch(self) -> AbstractContextManager[Path]:
         """A private temp directory for one operation, removed afterwards."""
         return private_dir(self.workdir)
 
@@ -241,8 +241,8 @@ class DeltaStore:
         """Download `key` into `out` and check its SHA-256 (IntegrityError naming the key).
 
         A dgfs chain reference is decoded: a stream link (one decode, against the root and
-        bodies of its stream: core/stream.py) or a link of an older chain (against its parent
-        hidden reference, materialised the same way). `chain`: the keys being decoded above
+        bodies of its stream: core/policies/stream.py) or a link of an older chain (against its
+        parent hidden reference, materialised the same way). `chain`: the keys being decoded above
         this one; each counts as one sequential decode, bounded by MAX_DECODES (and cycles
         are refused).
         """
@@ -257,7 +257,7 @@ class DeltaStore:
         chain = (*chain, key)
         if len(chain) > MAX_DECODES or parent[0] in chain:
             raise IntegrityError(f"{key}: reference chain deeper than {MAX_DECODES} decodes")
-        with self._scratch() as tmp:
+        with self.scratch() as tmp:
             delta, base = tmp / "delta", tmp / "base"
             shutil.move(out, delta)
             if layout.is_stream_link(meta):
@@ -265,7 +265,7 @@ class DeltaStore:
                     raise IntegrityError(f"{key}: stream link body sha256 mismatch")
                 stream.write_source(self, self.hidden_heads, parent, base, tmp, sha256)
             else:
-                self._reference_file(parent[0], parent[1], base, chain)
+                self.reference_file(parent[0], parent[1], base, chain)
             try:
                 codec.decode(base, delta, out)
             except Exception as exc:
@@ -273,7 +273,7 @@ class DeltaStore:
         if sha256_file(out) != sha256:
             raise IntegrityError(f"{key}: decoded chain reference sha256 mismatch")
 
-    def _reference_file(
+    def reference_file(
         self, ref_key: str, ref_sha256: str, out: Path, chain: tuple[str, ...] = ()
     ) -> None:
         """Materialise a verified reference into `out`, through the cache when there is one
@@ -312,7 +312,7 @@ class DeltaStore:
         with entry:
             entry.copy_to(out)
 
-    def _create_reference(self, prefix: str, src: Path, sha256: str, name: str) -> bool:
+    def create_reference(self, prefix: str, src: Path, sha256: str, name: str) -> bool:
         """Try to make `src` the deltaspace's reference (If-None-Match: *); True if we won."""
         key = layout.reference_key(prefix)
         meta = layout.fit_metadata(layout.reference_metadata(self.tool, name, sha256))
@@ -368,7 +368,7 @@ class DeltaStore:
                 {**layout.direct_metadata(self.tool, name, sha, size), **extra}
             )
             stamp = self.store.put_file(logical_key, src, layout.encode_metadata(meta))
-            record = self._written(logical_key, Kind.DIRECT, size, size, sha, meta, stamp)
+            record = self.written(logical_key, Kind.DIRECT, size, size, sha, meta, stamp)
         if not known_new:
             self._remove_other_form(logical_key, record.kind, previous)
         return record
@@ -383,78 +383,47 @@ class DeltaStore:
         sha: str,
         extra: dict[str, str],
     ) -> ObjectRecord | None:
-        """`_put_delta`, or None (store direct) when the delta did not decode back to `src`:
-        references made for it and left unused are released."""
+        """The policy's delta, or None (store direct) when the delta did not decode back to
+        `src`: references made for it and left unused are released."""
         try:
-            return self._put_delta(src, logical_key, prefix, name, size, sha, extra)
+            return self.policy.put_delta(self, src, logical_key, prefix, name, size, sha, extra)
         except codec.RoundTripMismatch as exc:
             log.warning("%s: %s; storing direct", logical_key, exc)
-            self._release_reference(prefix)
+            self.release_reference(prefix)
             return None
 
-    def _put_delta(
+    def write_delta(
         self,
-        src: Path,
         logical_key: str,
-        prefix: str,
-        name: str,
-        size: int,
+        delta: Path,
+        ref: Candidate,
         sha: str,
+        size: int,
         extra: dict[str, str],
+        ensure: Callable[[], None],
+        policy: str | None = None,
     ) -> ObjectRecord | None:
-        if self.policy.custom_put:
-            return self.policy.put_delta(self, src, logical_key, prefix, name, size, sha, extra)
-        ref = self.reference(prefix)
-        with self._scratch() as tmp:
-            delta_path = tmp / "delta"
-            if ref is None and self._create_reference(prefix, src, sha, name):
-                ref = self.reference(prefix)
-                try:
-                    codec.encode(src, src, delta_path, sha)
-                except Exception:
-                    self._release_reference(prefix, local_copy=src)  # ours, no delta uses it yet
-                    raise
-                zero_diff = True
-            else:
-                ref = ref or self.reference(prefix)
-                if ref is None:
-                    raise NotFound(f"{layout.reference_key(prefix)}: vanished during create")
-                same_suffix = suffix_of(name) == suffix_of(ref.source_name) != ""
-                ref_path = tmp / "reference"
-                head = sniff(src)
-                if ref.sha256 == sha:
-                    shutil.copyfile(src, ref_path)
-                else:
-                    self._reference_file(ref.key, ref.sha256, ref_path)
-                    if not looks_related(head, sniff(ref_path), same_suffix):
-                        return None
-                zero_diff = ref.sha256 == sha
-                limit = None if zero_diff else int(self.settings.max_ratio * size)
-                if codec.encode(ref_path, src, delta_path, sha, limit) is None:
-                    log.info("%s: delta exceeds max ratio; storing direct", logical_key)
-                    return None
-            delta_size = delta_path.stat().st_size
-            if size and delta_size > self.settings.max_ratio * size and not zero_diff:
-                log.info(
-                    "%s: delta %d / %d bytes exceeds max ratio; storing direct",
-                    logical_key,
-                    delta_size,
-                    size,
-                )
-                return None
-            meta = layout.delta_metadata(
-                self.tool, name, sha, size, ref.key, ref.sha256, delta_size, zero_diff
-            )
-            meta = layout.fit_metadata({**meta, **extra})
-            stamp = self.store.put_file(
-                layout.delta_key(logical_key), delta_path, layout.encode_metadata(meta)
-            )
-            self.ensure_reference(
-                ref.key, ref.sha256, ref.source_name, src if zero_diff else tmp / "reference"
-            )
-        record = self._written(
-            layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta, stamp
+        """The delta-write path of every policy: `delta` (already decoded back and checked by
+        codec.encode) is PUT as `logical_key`.delta against `ref`, then `ensure()` runs the
+        writer half of the delete protocol. None when the delta is over `max_ratio` × `size`
+        (the caller stores direct); a zero-diff self-delta always passes."""
+        zero_diff = ref.sha256 == sha
+        delta_size = delta.stat().st_size
+        if size and delta_size > self.settings.max_ratio * size and not zero_diff:
+            log.info("%s: delta %d / %d bytes exceeds max ratio; storing direct",
+                     logical_key, delta_size, size)  # fmt: skip
+            return None
+        name = logical_key.rsplit("/", 1)[-1]
+        meta = layout.delta_metadata(
+            self.tool, name, sha, size, ref.key, ref.sha256, delta_size, zero_diff
         )
+        if policy:
+            meta[layout.META_POLICY] = policy
+        meta = layout.fit_metadata({**meta, **extra})
+        key = layout.delta_key(logical_key)
+        stamp = self.store.put_file(key, delta, layout.encode_metadata(meta))
+        ensure()
+        record = self.written(key, Kind.DELTA, delta_size, size, sha, meta, stamp)
         return replace(record, ref_key=ref.key, ref_sha256=ref.sha256)
 
     def ensure_reference(self, key: str, sha256: str, source_name: str, local: Path) -> None:
@@ -478,7 +447,7 @@ class DeltaStore:
             pass
         self._forget_reference(layout.deltaspace_of(key))
 
-    def _written(
+    def written(
         self,
         key: str,
         kind: Kind,
@@ -520,7 +489,7 @@ class DeltaStore:
                 return
         self.store.delete(other_key)
         if other_key.endswith(layout.DELTA_SUFFIX):
-            self._release_reference(layout.deltaspace_of(logical_key))
+            self.release_reference(layout.deltaspace_of(logical_key))
 
     # ------------------------------------------------------------ get
 
@@ -578,7 +547,7 @@ class DeltaStore:
         """A delta's verified reference and its body, downloaded into `tmp`."""
         ref_path, delta_path = tmp / "reference", tmp / "delta"
         try:
-            self._reference_file(record.ref_key, record.ref_sha256, ref_path, (record.stored_key,))
+            self.reference_file(record.ref_key, record.ref_sha256, ref_path, (record.stored_key,))
         except NotFound:
             raise _missing_reference(record) from None
         with delta_path.open("wb") as f:
@@ -630,7 +599,7 @@ class DeltaStore:
         """
         self.store.delete(record.stored_key)
         if record.kind == Kind.DELTA:
-            self._release_reference(layout.deltaspace_of(record.stored_key))
+            self.release_reference(layout.deltaspace_of(record.stored_key))
 
     def has_deltas(self, prefix: str) -> bool:
         """Whether the deltaspace holds a `.delta` (delimited: sibling prefixes don't count)."""
@@ -641,7 +610,7 @@ class DeltaStore:
             for o in page.objects
         )
 
-    def _release_reference(self, prefix: str, local_copy: Path | None = None) -> None:
+    def release_reference(self, prefix: str, local_copy: Path | None = None) -> None:
         """Delete the deltaspace's references that no delta uses any more (see `delete`)."""
         self.policy.release(self, prefix)  # keyframes first (no-op under deltaglider)
         self.remove_unused_reference(layout.reference_key(prefix), local_copy)
@@ -657,7 +626,7 @@ class DeltaStore:
         if self.has_deltas(prefix):
             return False
         self._forget_reference(prefix)
-        with self._scratch() as tmp:
+        with self.scratch() as tmp:
             kept = local_copy or tmp / "reference"
             try:
                 if local_copy is None:
@@ -694,7 +663,7 @@ class DeltaStore:
         layout.check_logical_name(dst_logical)
         same_space = layout.deltaspace_of(record.logical_key) == layout.deltaspace_of(dst_logical)
         if record.kind == Kind.DELTA and not same_space:
-            with self._scratch() as tmp:
+            with self.scratch() as tmp:
                 self.reconstruct(record, tmp / "file")
                 new = self.put(
                     tmp / "file", dst_logical, attrs or record.attrs, record.xattrs, replaced

@@ -32,8 +32,9 @@ XATTR_HEX_PREFIX = "dgfs-xh-"
 META_CHAIN_PARENT = "dgfs-chain-parent"
 META_CHAIN_PARENT_SHA = "dgfs-chain-parent-sha256"
 META_CHAIN_DEPTH = "dgfs-chain-depth"
-# a stream link (core/stream.py): its body is a delta against its stream's source, not against
-# its parent's content; `dgfs-body-sha256` is the sha256 of that body (checked when it is a source)
+# a stream link (core/policies/stream.py): its body is a delta against its stream's source,
+# not against its parent's content; `dgfs-body-sha256` is the sha256 of that body (checked
+# when it is a source)
 META_CHAIN_MODE = "dgfs-chain-mode"
 META_BODY_SHA = "dgfs-body-sha256"
 STREAM_MODE = "stream"
@@ -120,7 +121,8 @@ def chain_parent(meta: dict[str, str]) -> tuple[str, str] | None:
 
 
 def is_stream_link(meta: dict[str, str]) -> bool:
-    """A chain reference whose body is a delta against its stream's source (core/stream.py)."""
+    """A chain reference whose body is a delta against its stream's source
+    (core/policies/stream.py)."""
     return meta.get(META_CHAIN_MODE) == STREAM_MODE and chain_parent(meta) is not None
 
 

@@ -25,7 +25,7 @@ from core.errors import NotFound
 from core.layout import Kind, ObjectRecord
 from core.metadata import RecordCache
 from core.objectstore import ObjectInfo
-from core.refpolicy import KEYFRAME_DIR, collect_keyframes, is_keyframe_key, keyframe_base
+from core.policies.hidden import KEYFRAME_DIR, collect_keyframes, is_keyframe_key, keyframe_base
 
 DIR_XATTR_PREFIX = "user.dg.dir."
 BUCKET_XATTR_PREFIX = "user.dg.bucket."

@@ -10,19 +10,21 @@ import pytest
 
 from core import layout
 from core.cache import CacheSettings, ContentCache
-from core.chain import ChainPolicy
 from core.config import ConfigError, DeltaSettings, delta_settings_from_env
 from core.deltastore import DeltaStore
 from core.errors import IntegrityError
 from core.layout import Kind
-from core.refpolicy import (
+from core.policies import (
     MAX_DECODES,
+    AdaptiveCompatiblePolicy,
     AdaptivePolicy,
     DeltagliderPolicy,
+    make_policy,
+)
+from core.policies.hidden import (
     collect_keyframes,
     is_keyframe_key,
     keyframe_base,
-    make_policy,
     reconstruct_depth,
 )
 from tests.datagen import random_bytes, write
@@ -46,10 +48,10 @@ def drifting_series(count: int, seed: int) -> list[bytes]:
 
 def adaptive_store(objectstore, tmp_path: Path, name: str = "adaptive", cache=None,
                    **kw) -> DeltaStore:  # fmt: skip
-    """A store under `name` (adaptive: ChainPolicy, adaptive-compatible: AdaptivePolicy)."""
+    """A store under `name` (adaptive or adaptive-compatible), `kw` tuning its policy."""
     policy = None
     if kw:
-        policy = ChainPolicy(**kw) if name == "adaptive" else AdaptivePolicy(name, **kw)
+        policy = AdaptivePolicy(**kw) if name == "adaptive" else AdaptiveCompatiblePolicy(**kw)
     return DeltaStore(
         objectstore,
         DeltaSettings(reference_policy=name),
@@ -97,8 +99,8 @@ def test_settings_and_factory():
     with pytest.raises(ConfigError):
         delta_settings_from_env({"DG_REFERENCE_POLICY": "chains"})
     assert isinstance(make_policy(None), DeltagliderPolicy)
-    assert isinstance(make_policy("adaptive"), ChainPolicy)
-    assert isinstance(make_policy("adaptive-compatible"), AdaptivePolicy)
+    assert isinstance(make_policy("adaptive"), AdaptivePolicy)
+    assert isinstance(make_policy("adaptive-compatible"), AdaptiveCompatiblePolicy)
     with pytest.raises(ValueError):
         make_policy("nope")
     assert is_keyframe_key("a/.dgfs/refs/x/reference.bin")
@@ -315,7 +317,7 @@ def test_stream_reads_in_two_decodes(objectstore, tmp_path, monkeypatch):
 
 def test_stream_length_is_bounded(objectstore, tmp_path, monkeypatch):
     """A full stream starts a new root; a reader refuses a stream longer than the bound."""
-    from core import stream
+    from core.policies import stream
 
     monkeypatch.setattr(stream, "MAX_STREAM_LINKS", 4)
     store = adaptive_store(objectstore, tmp_path)
@@ -399,7 +401,7 @@ def test_stream_link_holding_its_roots_content_reads_through_cache(objectstore, 
 def test_forked_stream_reads_back_both(objectstore, tmp_path, monkeypatch):
     """Two writers extending the same tip (each unaware of the other's link) fork the stream:
     both links read, later files extend one branch, and deletes keep the rest readable."""
-    import core.chain as chain
+    import core.policies.adaptive as adaptive
 
     versions = drifting_series(6, 26)
     first = adaptive_store(objectstore, tmp_path / "a")
@@ -410,12 +412,12 @@ def test_forked_stream_reads_back_both(objectstore, tmp_path, monkeypatch):
         first.put(write(tmp_path / "src" / f"{i}", versions[i]), f"rel/f{i}.zip")
     tip = first.stat("rel/f1.zip").ref_key
     other_branch = first.stat("rel/f2.zip").ref_key
-    real = chain.hidden_reference_keys
+    real = adaptive.hidden_reference_keys
     monkeypatch.setattr(
-        chain, "hidden_reference_keys", lambda *a: [k for k in real(*a) if k != other_branch]
+        adaptive, "hidden_reference_keys", lambda *a: [k for k in real(*a) if k != other_branch]
     )
     second.put(write(tmp_path / "src" / "3", versions[3]), "rel/f3.zip")
-    monkeypatch.setattr(chain, "hidden_reference_keys", real)
+    monkeypatch.setattr(adaptive, "hidden_reference_keys", real)
     expected["rel/f3.zip"] = versions[3]
     parents = {
         layout.chain_parent(first.head_record(first.stat(k).ref_key).metadata)[0]
@@ -534,14 +536,14 @@ def test_chain_writer_restores_a_parent_collected_during_its_put(objectstore, tm
     for key in ("rel/a.zip.delta", "rel/b.zip.delta"):
         objectstore.delete(key)  # files gone without a sweep: their references are unused
     parents = keyframes(store, "rel")
-    real = ChainPolicy._write_node
+    real = AdaptivePolicy._write_node
     swept = []
 
     def write_node_after_sweep(self, *args):
         swept.extend(collect_keyframes(other, "rel"))
         return real(self, *args)
 
-    monkeypatch.setattr(ChainPolicy, "_write_node", write_node_after_sweep)
+    monkeypatch.setattr(AdaptivePolicy, "_write_node", write_node_after_sweep)
     rec = store.put(write(tmp_path / "c", v2), "rel/c.zip")
     assert set(swept) == set(parents)
     parent = layout.chain_parent(store.head_record(rec.ref_key).metadata)
@@ -555,7 +557,7 @@ def test_chain_writer_restores_a_parent_collected_during_its_put(objectstore, tm
 def test_chain_collector_restores_links_a_delta_appeared_on(objectstore, tmp_path, monkeypatch):
     """Collector half: a delta lands on a link between the collector's delete and its re-list;
     the link and its parent are put back (parent first) and the file reads."""
-    import core.refpolicy as refpolicy
+    import core.policies.hidden as hidden
 
     store = adaptive_store(objectstore, tmp_path)
     v0, v1 = drifting_series(2, 29)
@@ -567,7 +569,7 @@ def test_chain_collector_restores_links_a_delta_appeared_on(objectstore, tmp_pat
         info, _ = objectstore.download("rel/b.zip.delta", f)
     for key in ("rel/a.zip.delta", "rel/b.zip.delta"):
         objectstore.delete(key)
-    real, calls = refpolicy._used_refs, []
+    real, calls = hidden._used_refs, []
 
     def used_refs_with_late_writer(*args):
         calls.append(1)
@@ -575,7 +577,7 @@ def test_chain_collector_restores_links_a_delta_appeared_on(objectstore, tmp_pat
             objectstore.put_file("rel/b.zip.delta", saved, info.metadata)
         return real(*args)
 
-    monkeypatch.setattr(refpolicy, "_used_refs", used_refs_with_late_writer)
+    monkeypatch.setattr(hidden, "_used_refs", used_refs_with_late_writer)
     removed = collect_keyframes(store, "rel")
     assert removed == []
     check_all(store, {"rel/b.zip": v1}, tmp_path)

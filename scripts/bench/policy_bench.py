@@ -34,7 +34,7 @@ from core.config import DeltaSettings, s3_settings_from_env  # noqa: E402
 from core.deltastore import DeltaStore  # noqa: E402
 from core.hashing import sha256_file  # noqa: E402
 from core.objectstore import ObjectStore  # noqa: E402
-from core.refpolicy import reconstruct_depth  # noqa: E402
+from core.policies.hidden import reconstruct_depth  # noqa: E402
 from dgfs import localserver  # noqa: E402
 
 CACHE = ROOT / "data" / "bench-cache"

@@ -2,7 +2,7 @@
 
 Hidden references live at `{prefix}/.dgfs/refs/<stamp>-<sha16>/reference.bin`: a *root* is
 stored raw; a *stream link* is an xdelta3 delta against its stream's source, the root's
-content followed by the stored bodies of the links before it (core/stream.py). A link names
+content followed by the stored bodies of the links before it (core/policies/stream.py). A link names
 the previous link, or the root, as `dgfs-chain-parent`, so the collector keeps all of a live
 link's stream. Materialising any hidden reference is at most one decode, so reading any file
 takes at most 2 sequential decodes (its hidden reference's, then its own). User files only
@@ -31,28 +31,29 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from core import codec, layout, stream
+from core import codec, layout
 from core.cache import NotCacheable
+from core.eligibility import looks_related, sniff, suffix_of
 from core.errors import IntegrityError, NotFound, PreconditionFailed
 from core.hashing import sha256_file
-from core.layout import Kind, ObjectRecord
-from core.policy import looks_related, sniff, suffix_of
-from core.refpolicy import (
-    ReferencePolicy,
+from core.layout import ObjectRecord
+from core.policies import stream
+from core.policies.base import Candidate, ReferencePolicy
+from core.policies.hidden import (
     collect_keyframes,
     current_ref_key,
     hidden_reference_keys,
     is_keyframe_key,
     keyframe_base,
 )
-from core.stream import Part
+from core.policies.stream import Part
 
-log = logging.getLogger("dgfs.chain")
+log = logging.getLogger("dgfs.policies")
 
-STREAM_NOTE = "dgfs stream reference (xdelta3 delta against its stream: core/stream.py)"
+STREAM_NOTE = "dgfs stream reference (xdelta3 delta against its stream source)"
 MIN_BUDGET = 16 * 2**20  # a stream's source may always grow to this many bytes
 
 
@@ -75,11 +76,10 @@ def _extendable(rec: ObjectRecord) -> bool:
     return layout.chain_parent(rec.metadata) is None or layout.is_stream_link(rec.metadata)
 
 
-class ChainPolicy(ReferencePolicy):
+class AdaptivePolicy(ReferencePolicy):
     """Hidden references in streams, one decode each; see the module docstring."""
 
     name = "adaptive"
-    custom_put = True
 
     def __init__(self, threshold: float = 0.9, budget: float = 4.0, scan: int = 64) -> None:
         self.threshold = threshold  # delta / size above this → a new raw root
@@ -153,7 +153,7 @@ class ChainPolicy(ReferencePolicy):
     def put_delta(self, store, src: Path, logical_key: str, prefix: str, name: str, size: int,
                   sha: str, extra: dict[str, str]) -> ObjectRecord | None:  # fmt: skip
         old_ref = current_ref_key(store, logical_key)
-        with store._scratch() as tmp:
+        with store.scratch() as tmp:
             same, tip = self.candidates(store, prefix, sha, name)
             kept = None if same is None else self._stream(store, same, tmp, extending=False)
             if kept is None:
@@ -163,22 +163,20 @@ class ChainPolicy(ReferencePolicy):
             ref = kept[0][-1]
             delta = tmp / "self.delta"
             codec.encode(src, src, delta, sha)
-            delta_size = delta.stat().st_size
-            meta = layout.delta_metadata(
-                store.tool, name, sha, size, ref.key, sha, delta_size, zero_diff=True
+            record = store.write_delta(
+                logical_key,
+                delta,
+                Candidate(ref.key, sha, name),
+                sha,
+                size,
+                extra,
+                ensure=lambda: self._ensure(store, prefix, *kept),
+                policy=self.name,
             )
-            meta = layout.fit_metadata({**meta, layout.META_POLICY: self.name, **extra})
-            stamp = store.store.put_file(
-                layout.delta_key(logical_key), delta, layout.encode_metadata(meta)
-            )
-            self._ensure(store, prefix, *kept)
         self._cache(store, src, sha)
         if old_ref and old_ref != ref.key and is_keyframe_key(old_ref):
             self.release(store, prefix)  # the overwritten delta may have been its last user
-        record = store._written(
-            layout.delta_key(logical_key), Kind.DELTA, delta_size, size, sha, meta, stamp
-        )
-        return replace(record, ref_key=ref.key, ref_sha256=sha)
+        return record
 
     def _write_node(self, store, prefix: str, src: Path, sha: str, name: str,
                     ext: Extension | None) -> Part:  # fmt: skip

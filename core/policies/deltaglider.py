@@ -1,0 +1,65 @@
+"""The `deltaglider` policy (default): one `{prefix}/reference.bin` per deltaspace.
+
+The first delta-eligible file written to a deltaspace becomes its reference (created with
+If-None-Match: *, so concurrent first writers agree on one) and is stored as a zero-diff
+self-delta, as deltaglider does. Later files are encoded against it, never replaced; a delta
+larger than `max_ratio` × the file is stored direct.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from core import codec, layout
+from core.eligibility import looks_related, sniff, suffix_of
+from core.errors import NotFound
+from core.layout import ObjectRecord
+from core.policies.base import Candidate, ReferencePolicy
+
+log = logging.getLogger("dgfs.policies")
+
+
+class DeltagliderPolicy(ReferencePolicy):
+    """deltaglider's rule: every delta of a deltaspace against its one reference.bin."""
+
+    name = "deltaglider"
+
+    def put_delta(self, store, src: Path, logical_key: str, prefix: str, name: str, size: int,
+                  sha: str, extra: dict[str, str]) -> ObjectRecord | None:  # fmt: skip
+        ref = store.reference(prefix)
+        with store.scratch() as tmp:
+            delta = tmp / "delta"
+            if ref is None and store.create_reference(prefix, src, sha, name):
+                ref, local = store.reference(prefix), src
+                try:
+                    codec.encode(src, src, delta, sha)
+                except Exception:
+                    store.release_reference(prefix, local_copy=src)  # ours, no delta uses it yet
+                    raise
+            else:
+                ref = ref or store.reference(prefix)
+                if ref is None:
+                    raise NotFound(f"{layout.reference_key(prefix)}: vanished during create")
+                local = tmp / "reference"
+                if ref.sha256 == sha:
+                    shutil.copyfile(src, local)
+                else:
+                    store.reference_file(ref.key, ref.sha256, local)
+                    same_suffix = suffix_of(name) == suffix_of(ref.source_name) != ""
+                    if not looks_related(sniff(src), sniff(local), same_suffix):
+                        return None
+                limit = None if ref.sha256 == sha else int(store.settings.max_ratio * size)
+                if codec.encode(local, src, delta, sha, limit) is None:
+                    log.info("%s: delta exceeds max ratio; storing direct", logical_key)
+                    return None
+            return store.write_delta(
+                logical_key,
+                delta,
+                Candidate(ref.key, ref.sha256, ref.source_name),
+                sha,
+                size,
+                extra,
+                ensure=lambda: store.ensure_reference(ref.key, ref.sha256, ref.source_name, local),
+            )
