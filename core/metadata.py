@@ -1,10 +1,12 @@
 """ETag-validated record cache: a listed object needs a HEAD only when its ETag is new.
 
 Records live in memory and, when a database path is given, in a small SQLite file (0600) so a
-remount starts warm. A stored record is only ever used when LIST reports the same ETag and
-size for its key, so objects changed by other clients are always HEADed again. With
-`dir_index`, a cold directory is first looked up in its index object (core/dirindex.py), under
-the same rule, and the index is kept up to date by core/indexwriter.py.
+remount starts warm; keys and metadata are stored there in plain text (not encrypted: the file
+is protected only by the private cache dir). A stored record is only ever used when LIST
+reports the same ETag and size for its key, so objects changed by other clients are always
+HEADed again. With `dir_index`, a cold directory is first looked up in its index object
+(core/dirindex.py), under the same rule, and the index is kept up to date by
+core/indexwriter.py.
 """
 
 from __future__ import annotations

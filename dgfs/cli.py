@@ -301,11 +301,13 @@ def status_cmd(mountpoint: Path, flush: bool, as_json: bool) -> None:
         return
     cache = state.get("cache", {})
     lookups = cache.get("hits", 0) + cache.get("misses", 0)
-    click.echo(f"pending uploads: {len(state['pending_uploads'])}")
-    for key in state["pending_uploads"]:
+    pending, failed = state["pending_uploads"], state["failed_uploads"]
+    hidden = " (names shown to the mount's owner only)" if state.get("keys_hidden") else ""
+    click.echo(f"pending uploads: {_count(pending)}{hidden}")
+    for key in pending if isinstance(pending, list) else ():
         click.echo(f"  {key}")
-    click.echo(f"failed uploads:  {len(state['failed_uploads'])}")
-    for key, why in state["failed_uploads"].items():
+    click.echo(f"failed uploads:  {_count(failed)}{hidden}")
+    for key, why in failed.items() if isinstance(failed, dict) else ():
         click.echo(f"  {key}: {why}")
     requests = ", ".join(f"{k}={v}" for k, v in sorted(state["s3_requests"].items()))
     click.echo(f"S3 requests:     {requests or 'none'}")
@@ -315,6 +317,11 @@ def status_cmd(mountpoint: Path, flush: bool, as_json: bool) -> None:
     click.echo(
         f"cache hit rate:  {rate} ({cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses)"
     )
+
+
+def _count(value: int | list | dict) -> int:
+    """A status list's length (the number itself when the names are hidden)."""
+    return value if isinstance(value, int) else len(value)
 
 
 def run(args: list[str] | None = None, prog_name: str = "dgfs") -> None:

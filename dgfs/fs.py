@@ -41,7 +41,7 @@ log = logging.getLogger("dgfs.fs")
 
 BLOCK = 512
 ATTR_DELAY = 1.0  # seconds an attribute change may wait to be coalesced
-# rsync writes `.NAME.XXXXXX`, sets its attributes and renames it to NAME
+# rsync creates `.NAME.XXXXXX` with O_EXCL (mkstemp), sets its attributes, renames it to NAME
 TEMP_FILE_PATTERN = re.compile(r"\.[^/]+\.[A-Za-z0-9]{6}")
 STATFS_BLOCKS = 2**40 // 4096
 
@@ -128,6 +128,7 @@ class DgfsOperations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self.limiter = trio.CapacityLimiter(opts.max_threads)
         self.failed_uploads: dict[str, str] = {}
+        self.owner_uid = os.getuid()
         self.started_ns = time.time_ns()
         self._warned: set[str] = set()
         self.dir_stats = DirStats(store, self.records, self._key, opts.metadata_ttl, self.limiter)
@@ -654,6 +655,7 @@ class DgfsOperations(pyfuse3.Operations):
             node = existing if existing is not None else node
         file_mode, gid = self._inherit_setgid(parent, stat.S_IMODE(mode), ctx.gid, is_dir=False)
         node.pending = PosixAttrs(stat.S_IFREG | file_mode, ctx.uid, gid, time.time_ns())
+        node.created_excl = bool(flags & os.O_EXCL)
         await self._ensure_staging(node, keep_content=False)
         self._make_dirty(node)
         fh = self._open_handle(node, writable=True)
@@ -729,12 +731,15 @@ class DgfsOperations(pyfuse3.Operations):
     def _defer(self, node: Node) -> bool:
         """Whether a closed temp file waits for its rename instead of uploading now.
 
-        rsync closes `.NAME.XXXXXX`, sets mode and times, then renames it: uploading at the
-        rename stores it once under its final name (1 PUT instead of PUT + COPY + DELETE);
-        a failed upload is then reported by rename(). Uploaded anyway after
-        `temp_upload_delay` seconds, at fsync() and at unmount.
+        rsync creates `.NAME.XXXXXX` (O_EXCL), closes it, sets mode and times, then renames
+        it: uploading at the rename stores it once under its final name (1 PUT instead of
+        PUT + COPY + DELETE); a failed upload is then reported by rename(). Uploaded anyway
+        after `temp_upload_delay` seconds, at fsync() and at unmount; once such an upload
+        failed, the next close() uploads (and reports) again instead of waiting.
         """
         if self.opts.temp_upload_delay <= 0 or node.path is None:
+            return False
+        if not node.created_excl or node.upload_error is not None:
             return False
         if not TEMP_FILE_PATTERN.fullmatch(node.path.rpartition("/")[2]):
             return False
@@ -928,10 +933,14 @@ class DgfsOperations(pyfuse3.Operations):
             values[xattrs.STATUS_NAME] = json.dumps(self.status()).encode()
         return values
 
-    def status(self) -> dict:
-        """What `dgfs status` shows: pending and failed uploads, S3 requests, cache figures."""
+    def status(self, show_keys: bool = True) -> dict:
+        """What `dgfs status` shows: pending and failed uploads, S3 requests, cache figures.
+
+        Without `show_keys` (another user than the mount's owner or root asking, under
+        allow_other), the upload lists are replaced by their lengths.
+        """
         dirty = self.inodes.dirty_nodes()
-        return {
+        values = {
             "pending_uploads": sorted(self._key(n.path) for n in dirty if n.path is not None),
             "pending_attributes": sorted(
                 self._key(n.path) for n in self.inodes.attr_pending_nodes() if n.path is not None
@@ -941,11 +950,18 @@ class DgfsOperations(pyfuse3.Operations):
             "delta_attempts_skipped": self.store.backoff.skipped,
             "cache": self.cache.stats().as_dict() if self.cache is not None else {},
         }
+        if not show_keys:
+            for name in xattrs.KEY_LISTS:
+                values[name] = len(values[name])
+            values["keys_hidden"] = True
+        return values
 
     async def getxattr(self, inode, name, ctx):
         node, name_s = self._node(inode), name.decode(errors="surrogateescape")
         if node.ino == pyfuse3.ROOT_INODE and name_s == xattrs.STATUS_NAME:
-            return json.dumps(self.status()).encode()  # without computing (and counting) stats
+            # without computing (and counting) stats; key names for the mount's owner only
+            show_keys = ctx.uid in (0, self.owner_uid)
+            return json.dumps(self.status(show_keys)).encode()
         if not name_s.startswith(xattrs.USER_PREFIX):
             # only the user namespace is supported (as setxattr says): ENOTSUP, not ENODATA,
             # lets `ls -l` stop probing ACLs/SELinux labels after the first file of the mount

@@ -39,6 +39,7 @@ class Node:
     writers: int = 0
     upload_error: int | None = None
     defer_until: float = 0.0  # monotonic deadline of a closed temp file awaiting its rename
+    created_excl: bool = False  # created with O_EXCL (as rsync's mkstemp creates temp files)
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ import trio
 
 from core import codec
 from core.cache import CacheSettings, ContentCache
+from core.cache.procdir import make_private_dir
 from core.config import DeltaSettings, S3Settings
 from core.deltastore import DeltaStore
 from core.errors import DgError
@@ -34,6 +36,9 @@ from dgfs.options import FsOptions
 from dgfs.staging import StagingArea, recover
 
 log = logging.getLogger("dgfs.mount")
+
+ROOT_STATE_DIR = Path("/run/dgfs")
+DAEMON_NAMES = ("dgfs.cli", "dgfs", "mount.dgfs")  # how a serving process was started
 
 
 class MountError(Exception):
@@ -56,11 +61,28 @@ class MountConfig:
 
 
 def runtime_dir() -> Path:
-    """Where running mounts leave their state files (pid, status) for `dgfs umount`."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/dgfs-{os.getuid()}"
-    path = Path(base) / "dgfs-mounts"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Where running mounts leave their state files (pid, status) for `dgfs umount`.
+
+    $XDG_RUNTIME_DIR/dgfs-mounts, else /run/dgfs for root, else /tmp/dgfs-<uid>; a verified
+    private directory (ours, 0700, not a symlink), or MountError.
+    """
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(xdg):
+        path = Path(xdg) / "dgfs-mounts"
+    elif os.geteuid() == 0:
+        path = ROOT_STATE_DIR
+    else:
+        path = Path(f"/tmp/dgfs-{os.geteuid()}")
+    _private_dir(path)
     return path
+
+
+def _private_dir(path: Path) -> None:
+    """make_private_dir, failing with a one-line MountError."""
+    try:
+        make_private_dir(path)
+    except OSError as exc:
+        raise MountError(str(exc)) from None
 
 
 def state_file(mountpoint: Path) -> Path:
@@ -69,6 +91,9 @@ def state_file(mountpoint: Path) -> Path:
 
 def preflight(cfg: MountConfig) -> None:
     """Fail fast, with one line, on everything we can check before mounting."""
+    runtime_dir()
+    for directory in {cfg.fs.cache_base, cfg.cache.cache_dir} - {None}:
+        _private_dir(directory)
     mp = cfg.mountpoint
     if not mp.exists():
         raise MountError(f"mount point {mp} does not exist")
@@ -196,9 +221,50 @@ def _report_ready(fd: int | None, message: str, close: bool = True) -> None:
 
 
 def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(path)
+    """Replace the state file atomically: a new temp file (O_EXCL, O_NOFOLLOW), renamed."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(state, out)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _read_state(path: Path) -> dict:
+    """A state file's content; {} when missing, unreadable or a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    with os.fdopen(fd) as src:
+        try:
+            state = json.load(src)
+        except ValueError:
+            return {}
+    return state if isinstance(state, dict) else {}
+
+
+def serves(pid: int, mountpoint: str) -> bool:
+    """Whether process `pid` is a dgfs daemon started for `mountpoint` (a real path).
+
+    Checked in /proc: it runs as our uid, and its cmdline has a program or module named like
+    dgfs and an argument that is the mount point relative to its cwd. A forged state file
+    therefore cannot make `umount` wait on (or act on) any other process.
+    """
+    try:
+        owner = os.stat(f"/proc/{pid}").st_uid
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    if owner != os.geteuid():
+        return False
+    words = [os.fsdecode(arg) for arg in args if arg]
+    if not any(os.path.basename(word) in DAEMON_NAMES for word in words[:3]):
+        return False
+    return any(os.path.realpath(os.path.join(cwd, word)) == mountpoint for word in words[1:])
 
 
 def spawn_daemon(argv: list[str], log_file: Path | None, timeout: float = 60.0) -> None:
@@ -244,8 +310,9 @@ def _read_ready(read_fd: int, timeout: float) -> str | None:
 
 def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 600.0) -> list[str]:
     """Unmount and wait for the daemon to finish its uploads; returns failed upload keys."""
+    target = os.path.realpath(mountpoint)
     path = state_file(mountpoint)
-    state = json.loads(path.read_text()) if path.exists() else {}
+    pid = _read_state(path).get("pid")
     args = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
     proc = subprocess.run(args, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -253,12 +320,14 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 600.0) -> lis
         if detail and "busy" in detail[-1].lower():
             raise MountError(f"{mountpoint} is busy (files open); close them or use --lazy")
         raise MountError(detail[-1] if detail else f"fusermount3 exit {proc.returncode}")
-    pid = state.get("pid")
     if lazy:  # detached: the daemon finishes (and uploads) once the last open file closes
         return []
-    deadline = time.monotonic() + timeout
-    while pid and pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    state = json.loads(path.read_text()) if path.exists() else {}
+    if isinstance(pid, int) and serves(pid, target):
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    elif pid is not None:
+        log.warning("state file %s names pid %s, not a dgfs daemon of %s", path, pid, target)
+    state = _read_state(path)
     path.unlink(missing_ok=True)
     return list(state.get("failed_uploads", []))

@@ -8,6 +8,8 @@ DG_PREFIX = "user.dg."
 USER_PREFIX = "user."
 STATUS_NAME = "user.dg.mount.status"  # on the mount root: JSON for `dgfs status`
 FLUSH_NAME = "user.dg.mount.flush"  # set on the mount root: upload everything pending now
+# status fields naming keys: shown to the mount's owner and root only, counts to others
+KEY_LISTS = ("pending_uploads", "pending_attributes", "failed_uploads")
 
 
 def file_xattrs(record: ObjectRecord) -> dict[str, str]:

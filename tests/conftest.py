@@ -60,7 +60,11 @@ def deltastore(objectstore, tmp_path: Path) -> Iterator[DeltaStore]:
 
 @pytest.fixture
 def mounter(s3_server, tmp_path: Path):
-    """Mount buckets for one test; every mount is unmounted at teardown (lazily if stuck)."""
+    """Mount buckets for one test; every mount is unmounted at teardown.
+
+    A mount that `dgfs umount` cannot unmount cleanly (busy, failed uploads) is detached
+    lazily and fails the test.
+    """
     from tests.mounting import Mount, force_unmount, mount
 
     mounts: list[Mount] = []
@@ -74,10 +78,15 @@ def mounter(s3_server, tmp_path: Path):
         return m
 
     yield do_mount
+    failures = []
     for m in mounts:
         if os.path.ismount(m.path):
-            m.umount()
+            done = m.umount()
+            if done.returncode != 0:
+                failures.append(f"{m.path}: {done.stderr.strip() or done.stdout.strip()}")
         force_unmount(m.path)
+    if failures:
+        pytest.fail("unmount at teardown failed: " + "; ".join(failures))
 
 
 @pytest.fixture

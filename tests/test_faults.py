@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from core import layout
+from tests.ci import skip_unless_ci
 from tests.datagen import random_bytes, version_series
 from tests.faultproxy import FaultProxy, Rule
 from tests.mounting import DGFS, mount_status
@@ -284,7 +285,7 @@ def small_tmpfs(tmp_path):
         text=True,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+        skip_unless_ci(f"cannot mount a tmpfs: {done.stderr.strip()}")
     yield where
     for _ in range(50):
         if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
@@ -358,6 +359,8 @@ def test_disk_full_reads_of_stored_files_still_work(
     assert fill_staging(m, "keep/big.zip")  # failed upload: its staged data is kept
     for i, data in enumerate(before):  # decoded in a spill dir on another filesystem
         assert (m.path / "keep" / f"app-{i}.zip").read_bytes() == data
+    done = m.umount()  # the failed file is reported, its staged data kept
+    assert done.returncode != 0 and "keep/big.zip" in done.stderr, done.stderr
 
 
 def test_disk_full_in_a_new_deltaspace_close_says_enospc(small_tmpfs, mounter, bucket):
@@ -366,3 +369,5 @@ def test_disk_full_in_a_new_deltaspace_close_says_enospc(small_tmpfs, mounter, b
     errors = fill_staging(m, "new/big.zip")  # the first file: becomes reference.bin
     assert errors
     assert all(e == errno.ENOSPC for _, e in errors), errors
+    done = m.umount()  # the failed file is reported, its staged data kept
+    assert done.returncode != 0 and "new/big.zip" in done.stderr, done.stderr

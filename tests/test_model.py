@@ -8,7 +8,8 @@ are "now" of a change, which differs between the two sides by the op's duration)
 
     DG_MODEL_SEED=1234 DG_MODEL_OPS=20000 .venv/bin/python -m pytest tests/test_model.py -s
 
-The seed is printed at the start and in every failure message, with the last ops.
+The seed is in the test id (so in pytest's summary line), printed at the start and in every
+failure message, with the last ops. CI (CI set) runs a fixed seed and a fresh random one.
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ CHECK_EVERY = 50
 LOG_TAIL = 30
 
 
-CI_SEED = 20261129  # CI must be reproducible; local runs draw a fresh seed to find new bugs
+CI_SEED = 20261129  # CI runs this fixed seed and a fresh one; local runs a fresh one
 
 
-def _seed() -> int:
+def _seeds() -> list[int]:
+    """DG_MODEL_SEED if set; else a fresh random seed, preceded in CI by the fixed CI_SEED."""
     env = os.environ.get("DG_MODEL_SEED")
     if env:
-        return int(env)
-    if os.environ.get("CI"):
-        return CI_SEED
-    return random.SystemRandom().randrange(2**32)
+        return [int(env)]
+    fresh = random.SystemRandom().randrange(2**32)
+    return [CI_SEED, fresh] if os.environ.get("CI") else [fresh]
 
 
 def _n_ops() -> int:
@@ -58,8 +59,9 @@ class Failure(AssertionError):
     pass
 
 
-def test_random_ops_match_model(mounter, bucket, tmp_path):
-    seed, n_ops = _seed(), _n_ops()
+@pytest.mark.parametrize("seed", _seeds(), ids=lambda seed: f"DG_MODEL_SEED={seed}")
+def test_random_ops_match_model(mounter, bucket, tmp_path, seed):
+    n_ops = _n_ops()
     print(f"\nDG_MODEL_SEED={seed} DG_MODEL_OPS={n_ops}")
     model = tmp_path / "model"
     model.mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,7 +15,12 @@ import pytest
 from core.proc import pid_alive
 from tests.mounting import force_unmount
 
-VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+# how each helper starts this checkout's code (not whatever `dgfs` an installed venv points to)
+HELPER_CODE = {
+    "dgfs": "from dgfs.cli import run; run()",
+    "mount.dgfs": "from dgfs.fstab import main; main()",
+}
 
 
 def _wait_unmounted(path: Path, timeout: float = 30.0) -> None:
@@ -24,29 +30,40 @@ def _wait_unmounted(path: Path, timeout: float = 30.0) -> None:
     assert not os.path.ismount(path)
 
 
+def _private_helper(where: Path, name: str) -> Path:
+    """An executable `name` in a private dir running this checkout (nothing under /sbin)."""
+    where.mkdir(exist_ok=True)
+    helper = where / name
+    helper.write_text(
+        f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)}"
+        f' -c {shlex.quote(HELPER_CODE[name])} "$@"\n'
+    )
+    helper.chmod(0o755)
+    return helper
+
+
 @pytest.mark.parametrize("fstype", ["fuse.dgfs", "dgfs"])
 def test_mount_via_mount8(s3_server, bucket, tmp_path, fstype):
-    """`mount -t fuse.dgfs` (mount.fuse3 runs `dgfs SRC MP -o …`) and `mount -t dgfs`."""
+    """fstab types `fuse.dgfs` and `dgfs`, started the way mount(8) starts them.
+
+    `fuse.dgfs`: mount(8) runs mount.fuse3, which runs `dgfs SRC MP -o …`; mount(8) resets
+    PATH, so the test names its private `dgfs` by absolute path (`-t fuse 'HELPER#SRC'`, the
+    same command line). `dgfs`: mount(8) only looks in /sbin for `mount.dgfs`, so the test runs
+    its private `mount.dgfs SRC MP -o …` as mount(8) would.
+    """
     mp = tmp_path / "mp"
     mp.mkdir()
-    # mount(8) looks for /sbin/mount.<type>; mount.fuse3 runs `dgfs` with PATH=/usr/sbin:…
-    helper = Path("/sbin/mount.dgfs") if fstype == "dgfs" else Path("/usr/sbin/dgfs")
-    created = False
-    if not helper.exists():
-        helper.symlink_to(VENV_BIN / helper.name)
-        created = True
-    env = dict(os.environ)
     opts = f"rw,_netdev,noauto,endpoint_url={s3_server.endpoint_url},metadata_ttl=2," + (
         f"cache_dir={tmp_path / 'cache'},log_file={tmp_path / 'log'}"
     )
+    if fstype == "dgfs":
+        helper = _private_helper(tmp_path / "bin", "mount.dgfs")
+        command = [str(helper), bucket, str(mp), "-o", opts]
+    else:
+        helper = _private_helper(tmp_path / "bin", "dgfs")
+        command = ["mount", "-t", "fuse", f"{helper}#{bucket}", str(mp), "-o", opts]
     try:
-        proc = subprocess.run(
-            ["mount", "-t", fstype, bucket, str(mp), "-o", opts],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert os.path.ismount(mp)
         (mp / "hello.txt").write_text("via fstab\n")
@@ -60,8 +77,6 @@ def test_mount_via_mount8(s3_server, bucket, tmp_path, fstype):
         assert umount.returncode == 0, umount.stderr
     finally:
         force_unmount(mp)
-        if created:
-            helper.unlink()
 
 
 def test_sigterm_unmounts_cleanly_after_uploads(mounter, bucket, deltastore):

@@ -128,3 +128,27 @@ def test_other_namespaces_are_unsupported_so_ls_stops_probing(mnt):
     assert len(proc.stdout.splitlines()) == 41  # "total" + 40 files
     probes = [line for line in proc.stderr.splitlines() if "getxattr(" in line]
     assert 1 <= len(probes) <= 4, probes
+
+
+def test_status_names_keys_to_the_mount_owner_only(mounter, bucket):
+    """Under allow_other, another local user reading the status gets counts, not key names."""
+    m = mounter(bucket, "m", "--allow-other", "--temp-upload-delay", "60")
+    secret = ".secret-plan.Ab12Cd"  # an rsync temp file: a pending upload once closed
+    os.close(os.open(m.path / secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    mine = json.loads(os.getxattr(m.path, "user.dg.mount.status"))
+    assert mine["pending_uploads"] == [secret]
+    root_fd = os.open(m.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        theirs = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "getfattr", "--only-values", "-n", "user.dg.mount.status",
+             f"/proc/self/fd/{root_fd}"],
+            pass_fds=[root_fd], capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    finally:
+        os.close(root_fd)
+    assert theirs.returncode == 0, theirs.stderr
+    assert "secret-plan" not in theirs.stdout
+    status = json.loads(theirs.stdout)
+    assert status["pending_uploads"] == 1 and status["keys_hidden"] is True
+    assert status["failed_uploads"] == 0

@@ -1,7 +1,9 @@
 """(bucket, key, etag) -> content SHA-256 for objects stored without a recorded SHA-256.
 
-Rows are keyed by an HMAC of the triple under the cache key, so object names never reach the
-disk and a process with another key simply misses. SQLite (WAL) makes it safe to share.
+Rows are keyed by an HMAC of the triple under the cache key, so this index holds no object
+names and a process with another key simply misses. (The metadata cache, core/metadata.py,
+does keep names in plain text in the same private cache dir.) SQLite (WAL) makes it safe to
+share.
 """
 
 from __future__ import annotations

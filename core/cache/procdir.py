@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import weakref
 from pathlib import Path
@@ -22,17 +22,44 @@ _NAME = re.compile(rf"^{PREFIX}(\d+)-[0-9a-f]+$")
 _LOCK = ".owner.lock"
 
 
+class UnsafeDirectory(PermissionError):
+    """A private directory that exists but is a symlink or belongs to another user."""
+
+
 def make_private_dir(path: Path) -> None:
-    """mkdir -p with mode 0700 for every directory it creates (and `path` itself)."""
+    """mkdir -p with mode 0700 for every directory it creates (and `path` itself).
+
+    An existing `path` must be a real directory owned by us: a group/world-accessible one is
+    made 0700; a symlink or another user's directory raises UnsafeDirectory.
+    """
     if not path.parent.is_dir():
         make_private_dir(path.parent)
     try:
         path.mkdir(mode=0o700)
     except FileExistsError:
-        if not path.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+        check_private_dir(path)
         return
     os.chmod(path, 0o700)
+
+
+def check_private_dir(path: Path) -> None:
+    """Make sure the existing `path` is a directory only we can use (see make_private_dir)."""
+    if path.is_symlink():
+        raise UnsafeDirectory(f"{path} is a symlink; refusing to use it as a private directory")
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise UnsafeDirectory(
+                f"{path} belongs to uid {st.st_uid}, not {os.geteuid()}; refusing to use it"
+            )
+        if st.st_mode & stat.S_ISVTX:
+            raise UnsafeDirectory(f"{path} is a shared (sticky) directory; use a subdirectory")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            log.warning("%s was mode %04o; made it 0700", path, stat.S_IMODE(st.st_mode))
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 class ProcessDir:
