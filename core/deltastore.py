@@ -12,6 +12,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -33,6 +34,9 @@ from core.scratch import private_dir
 log = logging.getLogger("dgfs.store")
 
 HEAD_CONCURRENCY = 32
+# ns stamp of the writer's clock on every object dgfs writes: decides between `x` and `x.delta`
+# when their LastModified (1 s resolution) ties
+META_WRITTEN = "dgfs-written"
 
 
 class TooManyObjects(DgError):
@@ -57,6 +61,7 @@ class DirListing:
     dirs: set[str] = field(default_factory=set)
     markers: dict[str, ObjectInfo] = field(default_factory=dict)
     stale: list[str] = field(default_factory=list)
+    ties: dict[str, ObjectInfo] = field(default_factory=dict)  # name → the other form (same second)
     skipped: list[str] = field(default_factory=list)
     reference: ObjectInfo | None = None
     private: bool = False  # the directory has a hidden `.dgfs/` sub-prefix (keyframes, index)
@@ -119,7 +124,8 @@ class DeltaStore:
                 continue
         if not found:
             raise NotFound(f"{logical_key}: no such file")
-        return max(found, key=lambda r: (r.last_modified_ns, r.kind != Kind.DELTA))
+        latest = max(r.last_modified_ns for r in found)
+        return _tie_winner([r for r in found if r.last_modified_ns == latest])
 
     def list_dir(self, prefix: str, on_page=None) -> DirListing:
         """One directory level (prefix '' = root) from LIST pages only.
@@ -153,6 +159,8 @@ class DeltaStore:
                         if not o.key.endswith("/") and not layout.is_hidden_key(o.key)
                     ]
                 )
+        for name, other in listing.ties.items():
+            listing.files[name] = self._settle_tie(listing.files[name], other)
         for name in list(listing.files):
             if name in listing.dirs:
                 listing.skipped.append(listing.files.pop(name).key)
@@ -174,11 +182,27 @@ class DeltaStore:
         if other is None:
             listing.files[logical] = obj
             return
-        newer, older = (
-            (obj, other) if obj.last_modified_ns > other.last_modified_ns else (other, obj)
-        )
+        # to the second: S3's resolution (some servers list milliseconds, HEAD says seconds)
+        seconds, other_seconds = obj.last_modified_ns // 10**9, other.last_modified_ns // 10**9
+        if seconds == other_seconds:
+            listing.ties[logical] = obj
+            return
+        newer, older = (obj, other) if seconds > other_seconds else (other, obj)
         listing.files[logical] = newer
         listing.stale.append(older.key)
+
+    def _settle_tie(self, first: ObjectInfo, second: ObjectInfo) -> ObjectInfo:
+        """Of `x` and `x.delta` listed with the same LastModified, the one to show (HEADs)."""
+        found = {}
+        for obj in (first, second):
+            try:
+                found[obj.key] = self.head_record(obj.key)
+            except NotFound:
+                continue
+        if not found:
+            return first
+        winner = _tie_winner(list(found.values()))
+        return first if winner.stored_key == first.key else second
 
     def records(self, objects: list[ObjectInfo]) -> list[ObjectRecord]:
         """HEAD many listed objects with bounded parallelism (records in the same order)."""
@@ -340,6 +364,7 @@ class DeltaStore:
         layout.check_logical_name(logical_key)
         extra = layout.posix_attrs_to_meta(attrs or PosixAttrs())
         extra.update(layout.xattrs_to_meta(xattrs or {}))
+        extra[META_WRITTEN] = str(time.time_ns())
         size = src.stat().st_size
         sha = sha256_file(src)
         prefix = layout.deltaspace_of(logical_key)
@@ -654,6 +679,7 @@ class DeltaStore:
             meta = _metadata_with(record, attrs) if attrs is not None else dict(record.metadata)
             if "dg-original-name" in meta:
                 meta["dg-original-name"] = dst_logical.rsplit("/", 1)[-1]
+            meta[META_WRITTEN] = str(time.time_ns())
             meta = layout.fit_metadata(meta)
             self.store.copy(record.stored_key, dst_key, layout.encode_metadata(meta))
             new = replace(
@@ -744,6 +770,20 @@ def _metadata_with(
     meta.update(layout.posix_attrs_to_meta(attrs))
     meta.update(layout.xattrs_to_meta(record.xattrs if xattrs is None else xattrs))
     return layout.fit_metadata(meta)
+
+
+def _written_ns(record: ObjectRecord) -> int | None:
+    value = record.metadata.get(META_WRITTEN, "")
+    return int(value) if value.isdigit() else None
+
+
+def _tie_winner(records: list[ObjectRecord]) -> ObjectRecord:
+    """Of a file's forms with the same LastModified: the later `dgfs-written` stamp when
+    every form has one, else the plain `x` (deltaglider reads it first)."""
+    stamps = [_written_ns(r) for r in records]
+    if None not in stamps and len(set(stamps)) == len(stamps):
+        return records[stamps.index(max(stamps))]
+    return next((r for r in records if r.kind != Kind.DELTA), records[0])
 
 
 _HEX = frozenset("0123456789abcdef")

@@ -1,0 +1,63 @@
+"""Issue #15, data loss and resurrection: races between a writer and a listing, an unlink and
+an upload, crash recovery and newer data, copies and concurrent replacements, rmdir and a
+writer encoding against the directory's reference."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from core.deltastore import DeltaStore
+from tests.datagen import version_series, write
+
+
+def keys_under(objectstore, prefix: str) -> dict[str, int]:
+    """Every key under `prefix/` → its LastModified (ns)."""
+    return {
+        o.key: o.last_modified_ns
+        for page in objectstore.list_pages(prefix + "/", None)
+        for o in page.objects
+    }
+
+
+def cold_read(deltastore: DeltaStore, key: str, tmp_path) -> bytes:
+    """The file's bytes straight from S3 (no cache)."""
+    out = tmp_path / "cold-out"
+    deltastore.get(key, out)
+    return out.read_bytes()
+
+
+def switch_form_within_a_second(deltastore, objectstore, tmp_path, key: str) -> bytes:
+    """Store `key` direct, then as a delta in the same second without deleting the direct
+    form (a writer between its PUT and its delete of the old form); returns the new bytes."""
+    old, new = version_series(2, 60_000, seed=15)
+    for _ in range(5):
+        time.sleep(1.02 - time.time() % 1)  # just after a second boundary
+        deltastore.put(write(tmp_path / "old", old), key, force_direct=True)
+        deltastore.put(write(tmp_path / "new", new), key, known_new=True)
+        stamps = keys_under(objectstore, key.rpartition("/")[0])
+        if stamps[key] // 10**9 == stamps[key + ".delta"] // 10**9:
+            return new
+        objectstore.delete(key)
+    pytest.fail("could not write both forms within one second")
+
+
+def test_form_switch_tie_keeps_the_newer_form(deltastore, objectstore, tmp_path):
+    new = switch_form_within_a_second(deltastore, objectstore, tmp_path, "tie/f.bin")
+    listing = deltastore.list_dir("tie")
+    assert listing.files["f.bin"].key == "tie/f.bin.delta"
+    assert listing.stale == []
+    assert deltastore.stat("tie/f.bin").stored_key == "tie/f.bin.delta"
+    assert cold_read(deltastore, "tie/f.bin", tmp_path) == new
+
+
+def test_form_switch_tie_is_not_cleaned_up_by_a_mount(
+    mounter, bucket, deltastore, objectstore, tmp_path
+):
+    new = switch_form_within_a_second(deltastore, objectstore, tmp_path, "tie/f.bin")
+    m = mounter(bucket)
+    assert (m.path / "tie" / "f.bin").read_bytes() == new
+    assert "tie/f.bin.delta" in keys_under(objectstore, "tie")
+    objectstore.delete("tie/f.bin")  # the writer finishes: deletes the old form
+    assert cold_read(deltastore, "tie/f.bin", tmp_path) == new
