@@ -6,6 +6,7 @@ CapacityLimiter; the trio loop itself only touches in-memory state and small loc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import functools
@@ -768,10 +769,11 @@ class DgfsOperations(pyfuse3.Operations):
         if node.is_dir:
             raise _fuse_error(errno.EISDIR)
         path = self._path_of(node)
-        if node.record is not None:
-            await self._run(self.store.delete, node.record)
-            self.records.forget(node.record.stored_key)
-        self._discard_pending(node)
+        async with node.lock:  # an upload in flight lands first: unlink deletes its object
+            if node.record is not None:
+                await self._run(self.store.delete, node.record)
+                self.records.forget(node.record.stored_key)
+            self._discard_pending(node)
         if node.open_handles == 0 and node.staging is not None:  # free its space now
             os.close(node.fd)
             self.staging.remove(node.staging)
@@ -840,8 +842,9 @@ class DgfsOperations(pyfuse3.Operations):
         if dst is not None and dst.is_dir:
             raise _fuse_error(errno.EISDIR)
         old_path = self._path_of(src)
-        replaced = dst.record if dst is not None else None
-        async with src.lock:
+        # an upload of the replaced file in flight lands first (its object is then replaced)
+        async with src.lock, dst.lock if dst is not None else contextlib.nullcontext():
+            replaced = dst.record if dst is not None else None
             if src.record is not None and not src.dirty:
                 new_key = self._key(new_path)
                 attrs = self._effective_attrs(src) if src.attrs_dirty else None

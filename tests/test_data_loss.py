@@ -4,12 +4,16 @@ writer encoding against the directory's reference."""
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from core.deltastore import DeltaStore
-from tests.datagen import version_series, write
+from core.errors import NotFound
+from tests.datagen import random_bytes, version_series, write
+from tests.faultproxy import FaultProxy, Rule
 
 
 def keys_under(objectstore, prefix: str) -> dict[str, int]:
@@ -61,3 +65,29 @@ def test_form_switch_tie_is_not_cleaned_up_by_a_mount(
     assert "tie/f.bin.delta" in keys_under(objectstore, "tie")
     objectstore.delete("tie/f.bin")  # the writer finishes: deletes the old form
     assert cold_read(deltastore, "tie/f.bin", tmp_path) == new
+
+
+def test_unlink_during_upload_wins(s3_server, mounter, bucket, deltastore, objectstore, tmp_path):
+    """close() uploads slowly; an unlink meanwhile waits for it and deletes what it stored."""
+    data = random_bytes(20_000, 2)
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        m = mounter(bucket, "mnt", "--endpoint-url", proxy.url)
+        (m.path / "d").mkdir()
+        proxy.set_rules(
+            Rule("delay", {"PUT"}, schedule={1}, path_contains="victim", stall_seconds=3)
+        )
+        with ThreadPoolExecutor(1) as pool:
+            closed = pool.submit((m.path / "d" / "victim.bin").write_bytes, data)
+            deadline = time.monotonic() + 10
+            while not proxy.faults["delay"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert proxy.faults["delay"] == 1, proxy.log
+            os.unlink(m.path / "d" / "victim.bin")
+            assert closed.result() == len(data)  # close() succeeded: the data was uploaded
+        assert os.listdir(m.path / "d") == []
+        assert "victim" not in "".join(keys_under(objectstore, "d"))
+        assert m.umount().returncode == 0
+    fresh = mounter(bucket, "fresh", "--cache-dir", str(tmp_path / "fresh-cache"))
+    assert os.listdir(fresh.path / "d") == []
+    with pytest.raises(NotFound):
+        deltastore.stat("d/victim.bin")
