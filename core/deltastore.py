@@ -23,7 +23,7 @@ from core import TOOL_NAME, codec, layout, stream
 from core.backoff import DeltaBackoff
 from core.cache import NotCacheable
 from core.config import DeltaSettings
-from core.errors import DgError, IntegrityError, NoSpace, NotFound, PreconditionFailed
+from core.errors import DgError, IntegrityError, NoSpace, NotFound, PreconditionFailed, Stale
 from core.hashing import sha256_file
 from core.layout import Kind, ObjectRecord, PosixAttrs
 from core.objectstore import ObjectInfo, ObjectStore, PutStamp
@@ -675,20 +675,7 @@ class DeltaStore:
                     tmp / "file", dst_logical, attrs or record.attrs, record.xattrs, replaced
                 )
         else:
-            dst_key = layout.delta_key(dst_logical) if record.kind == Kind.DELTA else dst_logical
-            meta = _metadata_with(record, attrs) if attrs is not None else dict(record.metadata)
-            if "dg-original-name" in meta:
-                meta["dg-original-name"] = dst_logical.rsplit("/", 1)[-1]
-            meta[META_WRITTEN] = str(time.time_ns())
-            meta = layout.fit_metadata(meta)
-            self.store.copy(record.stored_key, dst_key, layout.encode_metadata(meta))
-            new = replace(
-                record,
-                logical_key=dst_logical,
-                stored_key=dst_key,
-                metadata=meta,
-                attrs=layout.posix_attrs_from(meta),
-            )
+            new = self._copy_current(record, lambda r: self._copy_to(r, dst_logical, attrs))
             if not known_new:
                 self._remove_other_form(dst_logical, record.kind, replaced)
         if record.stored_key != new.stored_key:
@@ -698,18 +685,64 @@ class DeltaStore:
                 self.store.delete(record.stored_key)
         return new
 
+    def _copy_to(
+        self, record: ObjectRecord, dst_logical: str, attrs: PosixAttrs | None
+    ) -> ObjectRecord:
+        """Server-side copy of `record` (if unchanged) to `dst_logical`, same form."""
+        dst_key = layout.delta_key(dst_logical) if record.kind == Kind.DELTA else dst_logical
+        meta = _metadata_with(record, attrs) if attrs is not None else dict(record.metadata)
+        if "dg-original-name" in meta:
+            meta["dg-original-name"] = dst_logical.rsplit("/", 1)[-1]
+        meta[META_WRITTEN] = str(time.time_ns())
+        meta = layout.fit_metadata(meta)
+        self.store.copy(
+            record.stored_key, dst_key, layout.encode_metadata(meta), if_match=record.etag
+        )
+        return replace(
+            record,
+            logical_key=dst_logical,
+            stored_key=dst_key,
+            metadata=meta,
+            attrs=layout.posix_attrs_from(meta),
+        )
+
+    def _copy_current(
+        self, record: ObjectRecord, copy: Callable[[ObjectRecord], ObjectRecord]
+    ) -> ObjectRecord:
+        """`copy(record)`: a server-side copy conditional on the record's ETag, so that one
+        object's metadata is never stamped onto another's body. If the object was replaced
+        since it was read, once more with a fresh HEAD; Stale if it changes again."""
+        if not record.etag:  # written by a multipart upload: its ETag is not known
+            record = self.head_record(record.stored_key)
+        try:
+            return copy(record)
+        except PreconditionFailed:
+            log.info(
+                "%s: replaced since it was read; copying the current object", record.stored_key
+            )
+        try:
+            return copy(self.head_record(record.stored_key))
+        except PreconditionFailed:
+            raise Stale(f"{record.stored_key}: replaced again during a copy") from None
+
     def set_attrs(
         self, record: ObjectRecord, attrs: PosixAttrs, xattrs: dict[str, bytes] | None = None
     ) -> ObjectRecord:
-        """Replace POSIX attributes (and user xattrs) with a self-copy; no data re-upload."""
-        meta = _metadata_with(record, attrs, xattrs)
-        self.store.copy(record.stored_key, record.stored_key, layout.encode_metadata(meta))
-        return replace(
-            record,
-            attrs=layout.posix_attrs_from(meta),
-            xattrs=layout.xattrs_from(meta),
-            metadata=meta,
-        )
+        """Replace POSIX attributes (and user xattrs) with a self-copy; no data re-upload.
+        Applied to the object as it is now if another client replaced it meanwhile."""
+
+        def copy(current: ObjectRecord) -> ObjectRecord:
+            meta = _metadata_with(current, attrs, xattrs)
+            key = current.stored_key
+            self.store.copy(key, key, layout.encode_metadata(meta), if_match=current.etag)
+            return replace(
+                current,
+                attrs=layout.posix_attrs_from(meta),
+                xattrs=layout.xattrs_from(meta),
+                metadata=meta,
+            )
+
+        return self._copy_current(record, copy)
 
     # ------------------------------------------------------------ directories
 
@@ -741,13 +774,7 @@ class DeltaStore:
             raise TooManyObjects(f"{old}: {len(objects)} objects (rename limit {limit})")
         objects.sort(key=lambda o: not o.key.endswith("/" + layout.REFERENCE_NAME))
         for obj in objects:
-            new_key = new + obj.key[len(old) :]
-            meta = layout.decode_metadata(self.store.head(obj.key).metadata or {})
-            for field_name in ("dg-ref-key", layout.META_CHAIN_PARENT):
-                ref_key = meta.get(field_name, "")
-                if ref_key.startswith(old + "/"):
-                    meta[field_name] = new + ref_key[len(old) :]
-            self.store.copy(obj.key, new_key, layout.encode_metadata(layout.fit_metadata(meta)))
+            self._copy_moved(obj.key, old, new)
         for obj in reversed(objects):
             self.store.delete(obj.key)
         with self._refs_lock:
@@ -755,6 +782,25 @@ class DeltaStore:
                 p: r for p, r in self._refs.items() if not (p + "/").startswith(old + "/")
             }
         return len(objects)
+
+    def _copy_moved(self, key: str, old: str, new: str) -> None:
+        """Copy one object of a directory rename `old` → `new`, its reference fields rewritten,
+        conditional on the ETag its metadata came from (once more if it was replaced meanwhile).
+        """
+        for _ in range(2):
+            info = self.store.head(key)
+            meta = layout.decode_metadata(info.metadata or {})
+            for field_name in ("dg-ref-key", layout.META_CHAIN_PARENT):
+                ref_key = meta.get(field_name, "")
+                if ref_key.startswith(old + "/"):
+                    meta[field_name] = new + ref_key[len(old) :]
+            encoded = layout.encode_metadata(layout.fit_metadata(meta))
+            try:
+                self.store.copy(key, new + key[len(old) :], encoded, if_match=info.etag)
+                return
+            except PreconditionFailed:
+                log.info("%s: replaced during a directory rename; copying it again", key)
+        raise Stale(f"{key}: replaced again during a directory rename")
 
 
 def _metadata_with(

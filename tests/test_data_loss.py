@@ -12,6 +12,7 @@ import pytest
 
 from core.deltastore import DeltaStore
 from core.errors import NotFound
+from core.layout import PosixAttrs
 from tests.datagen import random_bytes, version_series, write
 from tests.faultproxy import FaultProxy, Rule
 
@@ -91,3 +92,29 @@ def test_unlink_during_upload_wins(s3_server, mounter, bucket, deltastore, objec
     assert os.listdir(fresh.path / "d") == []
     with pytest.raises(NotFound):
         deltastore.stat("d/victim.bin")
+
+
+def replace_behind_our_back(deltastore, objectstore, tmp_path, key: str):
+    """Store `key` and read its record, then another client replaces the object: returns the
+    stale record and the new bytes."""
+    deltastore.put(write(tmp_path / "mine", random_bytes(30_000, 4)), key, force_direct=True)
+    record = deltastore.stat(key)
+    theirs = random_bytes(20_000, 5)
+    objectstore.put_bytes(key, theirs, {})
+    return record, theirs
+
+
+def test_chmod_after_a_remote_replace_never_stamps_old_metadata(deltastore, objectstore, tmp_path):
+    record, theirs = replace_behind_our_back(deltastore, objectstore, tmp_path, "c/a.bin")
+    done = deltastore.set_attrs(record, PosixAttrs(mode=0o100600))
+    assert done.sha256 is None  # the current (plain) object's metadata, not ours
+    assert cold_read(deltastore, "c/a.bin", tmp_path) == theirs
+    assert deltastore.stat("c/a.bin").attrs.mode == 0o100600
+
+
+def test_rename_after_a_remote_replace_moves_the_current_object(deltastore, objectstore, tmp_path):
+    record, theirs = replace_behind_our_back(deltastore, objectstore, tmp_path, "c/a.bin")
+    deltastore.rename(record, "c/b.bin")
+    assert cold_read(deltastore, "c/b.bin", tmp_path) == theirs
+    with pytest.raises(NotFound):
+        deltastore.stat("c/a.bin")
