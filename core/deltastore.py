@@ -457,6 +457,7 @@ class DeltaStore:
 
         If a concurrent delete removed it between our encode and our PUT, put it back from
         `local`, the bytes we encoded against (conditional create, so two restorers agree).
+        Without `local` it cannot: IntegrityError (the write fails and is retried).
         """
         try:
             self.store.head(key)
@@ -464,7 +465,10 @@ class DeltaStore:
         except NotFound:
             pass
         if not local.exists():
-            return
+            self._forget_reference(layout.deltaspace_of(key))
+            raise IntegrityError(
+                f"{key}: reference vanished while writing and its bytes are not here to restore it"
+            )
         log.warning("%s: reference vanished while writing; restoring it", key)
         meta = layout.fit_metadata(layout.reference_metadata(self.tool, source_name, sha256))
         try:

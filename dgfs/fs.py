@@ -633,14 +633,22 @@ class DgfsOperations(pyfuse3.Operations):
         pending = [n for n in self.inodes.dirty_nodes() if (n.path or "").startswith(path + "/")]
         if state.listing.files or state.listing.dirs or pending:
             raise _fuse_error(errno.ENOTEMPTY)
-        if state.listing.reference is not None:
-            await self._run(self.store.store.delete, state.listing.reference.key)
+        ref = state.listing.reference
+        if ref is not None and not await self._release_dir_reference(path, ref.key):
+            raise _fuse_error(errno.ENOTEMPTY)
         if state.listing.private:  # a directory index would keep the directory alive
             await self._run(self.store.store.delete, dirindex.index_key(self._key(path)))
         await self._run(self.store.remove_dir_marker, self._key(path))
         self.dirs.pop(path, None)
         self._note_dir(path, False)
         self.inodes.detach(node)
+
+    async def _release_dir_reference(self, path: str, ref_key: str) -> bool:
+        """Delete an emptied directory's reference.bin by the delete protocol; False if a
+        file appeared meanwhile (the protocol then keeps or restores the reference)."""
+        if await self._run(self.store.remove_unused_reference, ref_key):
+            return True
+        return not (await self._dir(path, refresh=True)).listing.files
 
     # ------------------------------------------------------------ files
 

@@ -4,6 +4,7 @@ writer encoding against the directory's reference."""
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from core.deltastore import DeltaStore
-from core.errors import NotFound
-from core.layout import PosixAttrs
+from core.errors import IntegrityError, NotFound
+from core.layout import Kind, PosixAttrs
 from tests.datagen import random_bytes, version_series, write
 from tests.faultproxy import FaultProxy, Rule
 
@@ -118,3 +119,35 @@ def test_rename_after_a_remote_replace_moves_the_current_object(deltastore, obje
     assert cold_read(deltastore, "c/b.bin", tmp_path) == theirs
     with pytest.raises(NotFound):
         deltastore.stat("c/a.bin")
+
+
+def test_ensure_reference_without_local_copy_raises(deltastore, tmp_path):
+    with pytest.raises(IntegrityError, match="vanished"):
+        deltastore.ensure_reference("e/reference.bin", "0" * 64, "x.bin", tmp_path / "missing")
+
+
+def test_rmdir_keeps_a_reference_a_new_delta_uses(
+    s3_server, mounter, bucket, deltastore, objectstore, tmp_path
+):
+    """rmdir of a directory holding only reference.bin while another writer encodes against
+    it: the delete protocol restores the reference and rmdir says ENOTEMPTY."""
+    old, new = version_series(2, 60_000, seed=7)
+    deltastore.make_dir("r")
+    deltastore.put(write(tmp_path / "a", old), "r/a.bin")
+    objectstore.delete("r/a.bin.delta")  # removed by a tool that leaves the reference
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        m = mounter(bucket, "mnt", "--endpoint-url", proxy.url)
+        slow_delete = Rule("delay", {"DELETE"}, schedule={1}, path_contains="reference.bin")
+        proxy.set_rules(slow_delete)
+        with ThreadPoolExecutor(1) as pool:
+            removed = pool.submit(os.rmdir, m.path / "r")
+            deadline = time.monotonic() + 10
+            while not proxy.faults["delay"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert proxy.faults["delay"] == 1, proxy.log
+            deltastore.put(write(tmp_path / "b", new), "r/b.bin")  # another writer
+            with pytest.raises(OSError) as failed:
+                removed.result()
+        assert failed.value.errno == errno.ENOTEMPTY
+    assert deltastore.stat("r/b.bin").kind == Kind.DELTA
+    assert cold_read(deltastore, "r/b.bin", tmp_path) == new
