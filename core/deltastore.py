@@ -387,6 +387,29 @@ class DeltaStore:
             self._remove_other_form(logical_key, record.kind, previous)
         return record
 
+    def put_if_unchanged(
+        self, src: Path, logical_key: str, attrs: PosixAttrs, base: tuple[str, str] | None
+    ) -> ObjectRecord:
+        """Store `src` direct as `logical_key` only while the file is still the object `base`
+        (stored key, ETag), or absent for None: the last check is the PUT's own precondition
+        (If-Match, or If-None-Match: *). PreconditionFailed otherwise (crash recovery)."""
+        layout.check_logical_name(logical_key)
+        try:
+            current = self.stat(logical_key)
+        except NotFound:
+            current = None
+        if base != (None if current is None else (current.stored_key, current.etag)):
+            raise PreconditionFailed(f"{logical_key}: changed since {base} was read")
+        extra = {**layout.posix_attrs_to_meta(attrs), META_WRITTEN: str(time.time_ns())}
+        size, sha, name = src.stat().st_size, sha256_file(src), logical_key.rsplit("/", 1)[-1]
+        meta = layout.fit_metadata({**layout.direct_metadata(self.tool, name, sha, size), **extra})
+        etag = base[1] if base is not None and base[0] == logical_key else None
+        stamp = self.store.put_file(
+            logical_key, src, layout.encode_metadata(meta), etag is None, etag
+        )
+        self._remove_other_form(logical_key, Kind.DIRECT, current)
+        return self._written(logical_key, Kind.DIRECT, size, size, sha, meta, stamp)
+
     def _put_delta(
         self,
         src: Path,

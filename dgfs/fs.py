@@ -36,7 +36,7 @@ from dgfs.dirstats import DirStats
 from dgfs.errors import errno_for, guard_all
 from dgfs.inodes import InodeTable, Node
 from dgfs.options import FsOptions
-from dgfs.staging import StagingArea
+from dgfs.staging import StagingArea, orphaned_count, recover
 
 log = logging.getLogger("dgfs.fs")
 
@@ -129,6 +129,7 @@ class DgfsOperations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self.limiter = trio.CapacityLimiter(opts.max_threads)
         self.failed_uploads: dict[str, str] = {}
+        self.recovery: dict = {"state": "pending"}  # crash recovery at mount: `dgfs status`
         self.started_ns = time.time_ns()
         self._warned: set[str] = set()
         self.dir_stats = DirStats(store, self.records, self._key, opts.metadata_ttl, self.limiter)
@@ -348,8 +349,13 @@ class DgfsOperations(pyfuse3.Operations):
         """Mark a file's staged content as not yet in S3 (recorded for crash recovery)."""
         node.pending = replace(node.pending or PosixAttrs(), mtime_ns=time.time_ns())
         if not node.dirty and node.staging is not None and node.path is not None:
-            self.staging.mark_dirty(node.staging, self._key(node.path), self._effective_attrs(node))
+            self._mark_staged(node, node.path)
         node.dirty = True
+
+    def _mark_staged(self, node: Node, path: str) -> None:
+        """Record for crash recovery where a dirty file belongs and which object it replaces."""
+        base = (node.record.stored_key, node.record.etag) if node.record is not None else None
+        self.staging.mark_dirty(node.staging, self._key(path), self._effective_attrs(node), base)
 
     def _materialize(self, record: ObjectRecord, path: Path) -> None:
         try:
@@ -437,6 +443,24 @@ class DgfsOperations(pyfuse3.Operations):
             except pyfuse3.FUSEError:
                 failed.append(self._key(node.path or "?") + " (attributes)")
         return failed
+
+    async def recover_staged(self) -> None:
+        """Background task at mount: store what dead daemons left staged (dgfs/staging.py);
+        a read-only mount leaves it for a writable one."""
+        base, endpoint = self.opts.cache_base, self.staging.endpoint
+        if self.opts.read_only:
+            left = await self._run(orphaned_count, base)
+            if left:
+                log.warning(
+                    "%d staged file(s) of a previous daemon left for a writable mount", left
+                )
+            self.recovery = {"state": "skipped (read-only mount)", "left": left}
+            return
+        self.recovery = {"state": "running"}
+        bucket, upload = self.staging.bucket, self.store.put_if_unchanged
+        report = await self._run(recover, base, bucket, endpoint, upload)
+        self.dirs.clear()  # recovered files show at the next listing
+        self.recovery = {"state": "done", "report": report}
 
     async def retry_failed_uploads(self) -> None:
         """Background task: retry dirty files nobody has open (after a failed close)."""
@@ -874,9 +898,7 @@ class DgfsOperations(pyfuse3.Operations):
                 self.inodes.detach(dst)
             self.inodes.move(src, new_path)
             if src.dirty and src.staging is not None:
-                self.staging.mark_dirty(
-                    src.staging, self._key(new_path), self._effective_attrs(src)
-                )
+                self._mark_staged(src, new_path)
         self._note_file(old_path, None)
         if src.defer_until:
             src.defer_until = 0.0
@@ -950,6 +972,7 @@ class DgfsOperations(pyfuse3.Operations):
             "failed_uploads": dict(self.failed_uploads),
             "s3_requests": dict(self.store.store.requests),
             "delta_attempts_skipped": self.store.backoff.skipped,
+            "recovery": dict(self.recovery),
             "cache": self.cache.stats().as_dict() if self.cache is not None else {},
         }
 
