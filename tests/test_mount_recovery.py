@@ -15,6 +15,7 @@ import pytest
 from core.errors import NotFound
 from dgfs.mount import state_file
 from tests.datagen import random_bytes
+from tests.faultproxy import FaultProxy, Rule
 from tests.mounting import mount_status
 
 
@@ -111,3 +112,28 @@ def test_read_only_mount_leaves_staged_data_for_a_writable_one(
     rw = mounter(bucket, "rw")
     assert recovery_done(rw)["state"] == "done"
     assert cold(deltastore, "new.bin", tmp_path) == unfinished
+
+
+def test_recovery_does_not_hold_up_the_mount(s3_server, mounter, bucket, deltastore, tmp_path):
+    unfinished = random_bytes(30_000, 4)
+    with FaultProxy(s3_server.endpoint_url) as proxy:  # one endpoint URL for both mounts
+        m = mounter(bucket, "mnt", "--endpoint-url", proxy.url)
+        crash_while_writing(m, {"slow.bin": unfinished})
+        proxy.set_rules(Rule("delay", {"PUT"}, schedule={1}, path_contains="slow", stall_seconds=4))
+        again = mounter(bucket, "mnt2", "--endpoint-url", proxy.url)
+        assert mount_status(again.path)["recovery"]["state"] in ("pending", "running")
+        assert os.listdir(again.path) == []  # serving while the recovery upload is slow
+        assert recovery_done(again)["state"] == "done"
+        assert (again.path / "slow.bin").read_bytes() == unfinished
+    assert cold(deltastore, "slow.bin", tmp_path) == unfinished
+
+
+def test_staged_data_of_another_endpoint_is_parked(s3_server, mounter, bucket, deltastore):
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        m = mounter(bucket, "mnt", "--endpoint-url", proxy.url)
+        crash_while_writing(m, {"elsewhere.bin": random_bytes(10_000, 5)})
+    again = mounter(bucket, "mnt2")  # same bucket name, another endpoint URL
+    report = recovery_done(again)["report"]
+    assert len(report) == 1 and "belongs to" in report[0] and "recovery/" in report[0], report
+    with pytest.raises(NotFound):
+        deltastore.stat("elsewhere.bin")
