@@ -458,7 +458,12 @@ class DgfsOperations(pyfuse3.Operations):
             return
         self.recovery = {"state": "running"}
         bucket, upload = self.staging.bucket, self.store.put_if_unchanged
-        report = await self._run(recover, base, bucket, endpoint, upload)
+        try:
+            report = await self._run(recover, base, bucket, endpoint, upload)
+        except Exception as exc:  # the staged files stay where they are, for the next mount
+            log.exception("crash recovery failed")
+            self.recovery = {"state": f"failed: {exc}"}
+            return
         self.dirs.clear()  # recovered files show at the next listing
         self.recovery = {"state": "done", "report": report}
 
