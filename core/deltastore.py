@@ -12,6 +12,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -30,6 +31,7 @@ from core.errors import (
     NoSpace,
     NotFound,
     PreconditionFailed,
+    Stale,
 )
 from core.hashing import CHUNK, sha256_file
 from core.layout import Kind, ObjectRecord, PosixAttrs
@@ -40,6 +42,9 @@ from core.scratch import private_dir
 log = logging.getLogger("dgfs.store")
 
 HEAD_CONCURRENCY = 32
+# ns stamp of the writer's clock on every object dgfs writes: decides between `x` and `x.delta`
+# when their LastModified (1 s resolution) ties
+META_WRITTEN = "dgfs-written"
 
 DECOMPRESSED_REASON = "delta of externally decompressed content"
 COMPRESSED_SUFFIXES = (".gz", ".tgz", ".bz2", ".tbz2", ".xz", ".txz", ".lzma", ".z")
@@ -68,6 +73,7 @@ class DirListing:
     dirs: set[str] = field(default_factory=set)
     markers: dict[str, ObjectInfo] = field(default_factory=dict)
     stale: list[str] = field(default_factory=list)
+    ties: dict[str, ObjectInfo] = field(default_factory=dict)  # name → the other form (same second)
     skipped: list[str] = field(default_factory=list)
     reference: ObjectInfo | None = None
     private: bool = False  # the directory has a hidden `.dgfs/` sub-prefix (keyframes, index)
@@ -130,7 +136,8 @@ class DeltaStore:
                 continue
         if not found:
             raise NotFound(f"{logical_key}: no such file")
-        return max(found, key=lambda r: (r.last_modified_ns, r.kind != Kind.DELTA))
+        latest = max(r.last_modified_ns for r in found)
+        return _tie_winner([r for r in found if r.last_modified_ns == latest])
 
     def list_dir(self, prefix: str, on_page=None) -> DirListing:
         """One directory level (prefix '' = root) from LIST pages only.
@@ -164,6 +171,8 @@ class DeltaStore:
                         if not o.key.endswith("/") and not layout.is_hidden_key(o.key)
                     ]
                 )
+        for name, other in listing.ties.items():
+            listing.files[name] = self._settle_tie(listing.files[name], other)
         for name in list(listing.files):
             if name in listing.dirs:
                 listing.skipped.append(listing.files.pop(name).key)
@@ -185,11 +194,27 @@ class DeltaStore:
         if other is None:
             listing.files[logical] = obj
             return
-        newer, older = (
-            (obj, other) if obj.last_modified_ns > other.last_modified_ns else (other, obj)
-        )
+        # to the second: S3's resolution (some servers list milliseconds, HEAD says seconds)
+        seconds, other_seconds = obj.last_modified_ns // 10**9, other.last_modified_ns // 10**9
+        if seconds == other_seconds:
+            listing.ties[logical] = obj
+            return
+        newer, older = (obj, other) if seconds > other_seconds else (other, obj)
         listing.files[logical] = newer
         listing.stale.append(older.key)
+
+    def _settle_tie(self, first: ObjectInfo, second: ObjectInfo) -> ObjectInfo:
+        """Of `x` and `x.delta` listed with the same LastModified, the one to show (HEADs)."""
+        found = {}
+        for obj in (first, second):
+            try:
+                found[obj.key] = self.head_record(obj.key)
+            except NotFound:
+                continue
+        if not found:
+            return first
+        winner = _tie_winner(list(found.values()))
+        return first if winner.stored_key == first.key else second
 
     def records(self, objects: list[ObjectInfo]) -> list[ObjectRecord]:
         """HEAD many listed objects with bounded parallelism (records in the same order)."""
@@ -351,6 +376,7 @@ class DeltaStore:
         layout.check_logical_name(logical_key)
         extra = layout.posix_attrs_to_meta(attrs or PosixAttrs())
         extra.update(layout.xattrs_to_meta(xattrs or {}))
+        extra[META_WRITTEN] = str(time.time_ns())
         size = src.stat().st_size
         sha = sha256_file(src)
         prefix = layout.deltaspace_of(logical_key)
@@ -372,6 +398,29 @@ class DeltaStore:
         if not known_new:
             self._remove_other_form(logical_key, record.kind, previous)
         return record
+
+    def put_if_unchanged(
+        self, src: Path, logical_key: str, attrs: PosixAttrs, base: tuple[str, str] | None
+    ) -> ObjectRecord:
+        """Store `src` direct as `logical_key` only while the file is still the object `base`
+        (stored key, ETag), or absent for None: the last check is the PUT's own precondition
+        (If-Match, or If-None-Match: *). PreconditionFailed otherwise (crash recovery)."""
+        layout.check_logical_name(logical_key)
+        try:
+            current = self.stat(logical_key)
+        except NotFound:
+            current = None
+        if base != (None if current is None else (current.stored_key, current.etag)):
+            raise PreconditionFailed(f"{logical_key}: changed since {base} was read")
+        extra = {**layout.posix_attrs_to_meta(attrs), META_WRITTEN: str(time.time_ns())}
+        size, sha, name = src.stat().st_size, sha256_file(src), logical_key.rsplit("/", 1)[-1]
+        meta = layout.fit_metadata({**layout.direct_metadata(self.tool, name, sha, size), **extra})
+        etag = base[1] if base is not None and base[0] == logical_key else None
+        stamp = self.store.put_file(
+            logical_key, src, layout.encode_metadata(meta), etag is None, etag
+        )
+        self._remove_other_form(logical_key, Kind.DIRECT, current)
+        return self.written(logical_key, Kind.DIRECT, size, size, sha, meta, stamp)
 
     def _put_delta_checked(
         self,
@@ -431,6 +480,7 @@ class DeltaStore:
 
         If a concurrent delete removed it between our encode and our PUT, put it back from
         `local`, the bytes we encoded against (conditional create, so two restorers agree).
+        Without `local` it cannot: IntegrityError (the write fails and is retried).
         """
         try:
             self.store.head(key)
@@ -438,7 +488,10 @@ class DeltaStore:
         except NotFound:
             pass
         if not local.exists():
-            return
+            self._forget_reference(layout.deltaspace_of(key))
+            raise IntegrityError(
+                f"{key}: reference vanished while writing and its bytes are not here to restore it"
+            )
         log.warning("%s: reference vanished while writing; restoring it", key)
         meta = layout.fit_metadata(layout.reference_metadata(self.tool, source_name, sha256))
         try:
@@ -669,19 +722,7 @@ class DeltaStore:
                     tmp / "file", dst_logical, attrs or record.attrs, record.xattrs, replaced
                 )
         else:
-            dst_key = layout.delta_key(dst_logical) if record.kind == Kind.DELTA else dst_logical
-            meta = _metadata_with(record, attrs) if attrs is not None else dict(record.metadata)
-            if "dg-original-name" in meta:
-                meta["dg-original-name"] = dst_logical.rsplit("/", 1)[-1]
-            meta = layout.fit_metadata(meta)
-            self.store.copy(record.stored_key, dst_key, layout.encode_metadata(meta))
-            new = replace(
-                record,
-                logical_key=dst_logical,
-                stored_key=dst_key,
-                metadata=meta,
-                attrs=layout.posix_attrs_from(meta),
-            )
+            new = self._copy_current(record, lambda r: self._copy_to(r, dst_logical, attrs))
             if not known_new:
                 self._remove_other_form(dst_logical, record.kind, replaced)
         if record.stored_key != new.stored_key:
@@ -691,18 +732,64 @@ class DeltaStore:
                 self.store.delete(record.stored_key)
         return new
 
+    def _copy_to(
+        self, record: ObjectRecord, dst_logical: str, attrs: PosixAttrs | None
+    ) -> ObjectRecord:
+        """Server-side copy of `record` (if unchanged) to `dst_logical`, same form."""
+        dst_key = layout.delta_key(dst_logical) if record.kind == Kind.DELTA else dst_logical
+        meta = _metadata_with(record, attrs) if attrs is not None else dict(record.metadata)
+        if "dg-original-name" in meta:
+            meta["dg-original-name"] = dst_logical.rsplit("/", 1)[-1]
+        meta[META_WRITTEN] = str(time.time_ns())
+        meta = layout.fit_metadata(meta)
+        self.store.copy(
+            record.stored_key, dst_key, layout.encode_metadata(meta), if_match=record.etag
+        )
+        return replace(
+            record,
+            logical_key=dst_logical,
+            stored_key=dst_key,
+            metadata=meta,
+            attrs=layout.posix_attrs_from(meta),
+        )
+
+    def _copy_current(
+        self, record: ObjectRecord, copy: Callable[[ObjectRecord], ObjectRecord]
+    ) -> ObjectRecord:
+        """`copy(record)`: a server-side copy conditional on the record's ETag, so that one
+        object's metadata is never stamped onto another's body. If the object was replaced
+        since it was read, once more with a fresh HEAD; Stale if it changes again."""
+        if not record.etag:  # written by a multipart upload: its ETag is not known
+            record = self.head_record(record.stored_key)
+        try:
+            return copy(record)
+        except PreconditionFailed:
+            log.info(
+                "%s: replaced since it was read; copying the current object", record.stored_key
+            )
+        try:
+            return copy(self.head_record(record.stored_key))
+        except PreconditionFailed:
+            raise Stale(f"{record.stored_key}: replaced again during a copy") from None
+
     def set_attrs(
         self, record: ObjectRecord, attrs: PosixAttrs, xattrs: dict[str, bytes] | None = None
     ) -> ObjectRecord:
-        """Replace POSIX attributes (and user xattrs) with a self-copy; no data re-upload."""
-        meta = _metadata_with(record, attrs, xattrs)
-        self.store.copy(record.stored_key, record.stored_key, layout.encode_metadata(meta))
-        return replace(
-            record,
-            attrs=layout.posix_attrs_from(meta),
-            xattrs=layout.xattrs_from(meta),
-            metadata=meta,
-        )
+        """Replace POSIX attributes (and user xattrs) with a self-copy; no data re-upload.
+        Applied to the object as it is now if another client replaced it meanwhile."""
+
+        def copy(current: ObjectRecord) -> ObjectRecord:
+            meta = _metadata_with(current, attrs, xattrs)
+            key = current.stored_key
+            self.store.copy(key, key, layout.encode_metadata(meta), if_match=current.etag)
+            return replace(
+                current,
+                attrs=layout.posix_attrs_from(meta),
+                xattrs=layout.xattrs_from(meta),
+                metadata=meta,
+            )
+
+        return self._copy_current(record, copy)
 
     # ------------------------------------------------------------ directories
 
@@ -734,13 +821,7 @@ class DeltaStore:
             raise TooManyObjects(f"{old}: {len(objects)} objects (rename limit {limit})")
         objects.sort(key=lambda o: not o.key.endswith("/" + layout.REFERENCE_NAME))
         for obj in objects:
-            new_key = new + obj.key[len(old) :]
-            meta = layout.decode_metadata(self.store.head(obj.key).metadata or {})
-            for field_name in ("dg-ref-key", layout.META_CHAIN_PARENT):
-                ref_key = meta.get(field_name, "")
-                if ref_key.startswith(old + "/"):
-                    meta[field_name] = new + ref_key[len(old) :]
-            self.store.copy(obj.key, new_key, layout.encode_metadata(layout.fit_metadata(meta)))
+            self._copy_moved(obj.key, old, new)
         for obj in reversed(objects):
             self.store.delete(obj.key)
         with self._refs_lock:
@@ -748,6 +829,25 @@ class DeltaStore:
                 p: r for p, r in self._refs.items() if not (p + "/").startswith(old + "/")
             }
         return len(objects)
+
+    def _copy_moved(self, key: str, old: str, new: str) -> None:
+        """Copy one object of a directory rename `old` → `new`, its reference fields rewritten,
+        conditional on the ETag its metadata came from (once more if it was replaced meanwhile).
+        """
+        for _ in range(2):
+            info = self.store.head(key)
+            meta = layout.decode_metadata(info.metadata or {})
+            for field_name in ("dg-ref-key", layout.META_CHAIN_PARENT):
+                ref_key = meta.get(field_name, "")
+                if ref_key.startswith(old + "/"):
+                    meta[field_name] = new + ref_key[len(old) :]
+            encoded = layout.encode_metadata(layout.fit_metadata(meta))
+            try:
+                self.store.copy(key, new + key[len(old) :], encoded, if_match=info.etag)
+                return
+            except PreconditionFailed:
+                log.info("%s: replaced during a directory rename; copying it again", key)
+        raise Stale(f"{key}: replaced again during a directory rename")
 
 
 def _metadata_with(
@@ -763,6 +863,20 @@ def _metadata_with(
     meta.update(layout.posix_attrs_to_meta(attrs))
     meta.update(layout.xattrs_to_meta(record.xattrs if xattrs is None else xattrs))
     return layout.fit_metadata(meta)
+
+
+def _written_ns(record: ObjectRecord) -> int | None:
+    value = record.metadata.get(META_WRITTEN, "")
+    return int(value) if value.isdigit() else None
+
+
+def _tie_winner(records: list[ObjectRecord]) -> ObjectRecord:
+    """Of a file's forms with the same LastModified: the later `dgfs-written` stamp when
+    every form has one, else the plain `x` (deltaglider reads it first)."""
+    stamps = [_written_ns(r) for r in records]
+    if None not in stamps and len(set(stamps)) == len(stamps):
+        return records[stamps.index(max(stamps))]
+    return next((r for r in records if r.kind != Kind.DELTA), records[0])
 
 
 _HEX = frozenset("0123456789abcdef")

@@ -24,7 +24,11 @@ class EndpointError(DgError):
 
 
 class PreconditionFailed(DgError):
-    """A conditional write lost (the object already exists)."""
+    """A conditional request lost (the object exists, or changed since it was read)."""
+
+
+class Stale(DgError):
+    """An object kept changing under an operation that depends on what was read of it."""
 
 
 class IntegrityError(DgError):

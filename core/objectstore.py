@@ -189,7 +189,7 @@ class ObjectStore:
             if code in _DENIED:
                 return AccessDenied(f"{where}: access denied ({code})")
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status == 412:
-                return PreconditionFailed(f"{where}: already exists")
+                return PreconditionFailed(f"{where}: precondition failed (exists or changed)")
             return EndpointError(f"{where}: {code or status} {err.get('Message', '')}".strip())
         if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
             return AccessDenied("no AWS credentials found (set AWS_ACCESS_KEY_ID/… or a profile)")
@@ -312,18 +312,28 @@ class ObjectStore:
         return self._call("put", key, self._client.put_object, **kwargs)["ETag"]
 
     def put_file(
-        self, key: str, path: Path, metadata: dict[str, str], if_none_match: bool = False
+        self,
+        key: str,
+        path: Path,
+        metadata: dict[str, str],
+        if_none_match: bool = False,
+        if_match: str | None = None,
     ) -> PutStamp | None:
-        """Upload a file (multipart above the threshold). Conditional puts use one PUT (≤ 5 GB).
+        """Upload a file (multipart above the threshold). Conditional puts use one PUT (≤ 5 GB):
+        `if_none_match` (the key must not exist) or `if_match` (its current ETag must be this);
+        PreconditionFailed (or NotFound for `if_match`) otherwise.
 
         Returns the single PUT's ETag and response date (None for a multipart upload, whose
         response the transfer manager does not hand back).
         """
         size = path.stat().st_size
-        if if_none_match and size > SINGLE_PUT_LIMIT:
-            raise EndpointError(f"{key}: conditional create above 5 GB is not supported")
-        if if_none_match or size < self._transfer.multipart_threshold:
+        conditional = if_none_match or if_match is not None
+        if conditional and size > SINGLE_PUT_LIMIT:
+            raise EndpointError(f"{key}: conditional put above 5 GB is not supported")
+        if conditional or size < self._transfer.multipart_threshold:
             extra = {"IfNoneMatch": "*"} if if_none_match else {}
+            if if_match is not None:
+                extra["IfMatch"] = if_match
             with path.open("rb") as f:
                 # bytes, not a file: botocore sends `Expect: 100-continue` (one more round
                 # trip) with every file-like body
@@ -351,10 +361,15 @@ class ObjectStore:
         )
         return None
 
-    def copy(self, src: str, dst: str, metadata: dict[str, str]) -> None:
-        """Server-side copy with replaced metadata (also used to change metadata in place)."""
+    def copy(
+        self, src: str, dst: str, metadata: dict[str, str], if_match: str | None = None
+    ) -> None:
+        """Server-side copy with replaced metadata (also used to change metadata in place);
+        with `if_match`, only while the source's ETag is that (else PreconditionFailed)."""
         source = {"Bucket": self.bucket, "Key": src}
         args = self._extra_put_args(metadata)
+        if if_match is not None:
+            args["CopySourceIfMatch"] = if_match
         self._call(
             "copy",
             dst,

@@ -311,6 +311,10 @@ def status_cmd(mountpoint: Path, flush: bool, as_json: bool) -> None:
         click.echo(f"  {key}: {why}")
     requests = ", ".join(f"{k}={v}" for k, v in sorted(state["s3_requests"].items()))
     click.echo(f"S3 requests:     {requests or 'none'}")
+    recovery = state.get("recovery", {})
+    click.echo(f"crash recovery:  {recovery.get('state', 'n/a')}")
+    for line in recovery.get("report", []):
+        click.echo(f"  {line}")
     skipped = state.get("delta_attempts_skipped", 0)
     click.echo(f"delta attempts skipped (recent ones stored direct): {skipped}")
     rate = f"{cache.get('hits', 0) / lookups:.1%}" if lookups else "n/a"

@@ -20,6 +20,7 @@ ERRNO_OF: dict[type[Exception], int] = {
     core_errors.AccessDenied: errno.EACCES,
     core_errors.EndpointError: errno.EIO,
     core_errors.PreconditionFailed: errno.EEXIST,
+    core_errors.Stale: errno.ESTALE,
     core_errors.IntegrityError: errno.EIO,
     core_errors.CodecError: errno.EIO,
     core_errors.InvalidName: errno.EINVAL,

@@ -6,6 +6,7 @@ CapacityLimiter; the trio loop itself only touches in-memory state and small loc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import functools
@@ -35,7 +36,7 @@ from dgfs.dirstats import DirStats
 from dgfs.errors import errno_for, guard_all
 from dgfs.inodes import InodeTable, Node
 from dgfs.options import FsOptions
-from dgfs.staging import StagingArea
+from dgfs.staging import StagingArea, orphaned_count, recover
 
 log = logging.getLogger("dgfs.fs")
 
@@ -129,6 +130,7 @@ class DgfsOperations(pyfuse3.Operations):
         self.limiter = trio.CapacityLimiter(opts.max_threads)
         self.failed_uploads: dict[str, str] = {}
         self.owner_uid = os.getuid()
+        self.recovery: dict = {"state": "pending"}  # crash recovery at mount: `dgfs status`
         self.started_ns = time.time_ns()
         self._warned: set[str] = set()
         self.dir_stats = DirStats(store, self.records, self._key, opts.metadata_ttl, self.limiter)
@@ -348,8 +350,13 @@ class DgfsOperations(pyfuse3.Operations):
         """Mark a file's staged content as not yet in S3 (recorded for crash recovery)."""
         node.pending = replace(node.pending or PosixAttrs(), mtime_ns=time.time_ns())
         if not node.dirty and node.staging is not None and node.path is not None:
-            self.staging.mark_dirty(node.staging, self._key(node.path), self._effective_attrs(node))
+            self._mark_staged(node, node.path)
         node.dirty = True
+
+    def _mark_staged(self, node: Node, path: str) -> None:
+        """Record for crash recovery where a dirty file belongs and which object it replaces."""
+        base = (node.record.stored_key, node.record.etag) if node.record is not None else None
+        self.staging.mark_dirty(node.staging, self._key(path), self._effective_attrs(node), base)
 
     def _materialize(self, record: ObjectRecord, path: Path) -> None:
         try:
@@ -437,6 +444,29 @@ class DgfsOperations(pyfuse3.Operations):
             except pyfuse3.FUSEError:
                 failed.append(self._key(node.path or "?") + " (attributes)")
         return failed
+
+    async def recover_staged(self) -> None:
+        """Background task at mount: store what dead daemons left staged (dgfs/staging.py);
+        a read-only mount leaves it for a writable one."""
+        base, endpoint = self.opts.cache_base, self.staging.endpoint
+        if self.opts.read_only:
+            left = await self._run(orphaned_count, base)
+            if left:
+                log.warning(
+                    "%d staged file(s) of a previous daemon left for a writable mount", left
+                )
+            self.recovery = {"state": "skipped (read-only mount)", "left": left}
+            return
+        self.recovery = {"state": "running"}
+        bucket, upload = self.staging.bucket, self.store.put_if_unchanged
+        try:
+            report = await self._run(recover, base, bucket, endpoint, upload)
+        except Exception as exc:  # the staged files stay where they are, for the next mount
+            log.exception("crash recovery failed")
+            self.recovery = {"state": f"failed: {exc}"}
+            return
+        self.dirs.clear()  # recovered files show at the next listing
+        self.recovery = {"state": "done", "report": report}
 
     async def retry_failed_uploads(self) -> None:
         """Background task: retry dirty files nobody has open (after a failed close)."""
@@ -633,14 +663,22 @@ class DgfsOperations(pyfuse3.Operations):
         pending = [n for n in self.inodes.dirty_nodes() if (n.path or "").startswith(path + "/")]
         if state.listing.files or state.listing.dirs or pending:
             raise _fuse_error(errno.ENOTEMPTY)
-        if state.listing.reference is not None:
-            await self._run(self.store.store.delete, state.listing.reference.key)
+        ref = state.listing.reference
+        if ref is not None and not await self._release_dir_reference(path, ref.key):
+            raise _fuse_error(errno.ENOTEMPTY)
         if state.listing.private:  # a directory index would keep the directory alive
             await self._run(self.store.store.delete, dirindex.index_key(self._key(path)))
         await self._run(self.store.remove_dir_marker, self._key(path))
         self.dirs.pop(path, None)
         self._note_dir(path, False)
         self.inodes.detach(node)
+
+    async def _release_dir_reference(self, path: str, ref_key: str) -> bool:
+        """Delete an emptied directory's reference.bin by the delete protocol; False if a
+        file appeared meanwhile (the protocol then keeps or restores the reference)."""
+        if await self._run(self.store.remove_unused_reference, ref_key):
+            return True
+        return not (await self._dir(path, refresh=True)).listing.files
 
     # ------------------------------------------------------------ files
 
@@ -773,10 +811,11 @@ class DgfsOperations(pyfuse3.Operations):
         if node.is_dir:
             raise _fuse_error(errno.EISDIR)
         path = self._path_of(node)
-        if node.record is not None:
-            await self._run(self.store.delete, node.record)
-            self.records.forget(node.record.stored_key)
-        self._discard_pending(node)
+        async with node.lock:  # an upload in flight lands first: unlink deletes its object
+            if node.record is not None:
+                await self._run(self.store.delete, node.record)
+                self.records.forget(node.record.stored_key)
+            self._discard_pending(node)
         if node.open_handles == 0 and node.staging is not None:  # free its space now
             os.close(node.fd)
             self.staging.remove(node.staging)
@@ -845,8 +884,9 @@ class DgfsOperations(pyfuse3.Operations):
         if dst is not None and dst.is_dir:
             raise _fuse_error(errno.EISDIR)
         old_path = self._path_of(src)
-        replaced = dst.record if dst is not None else None
-        async with src.lock:
+        # an upload of the replaced file in flight lands first (its object is then replaced)
+        async with src.lock, dst.lock if dst is not None else contextlib.nullcontext():
+            replaced = dst.record if dst is not None else None
             if src.record is not None and not src.dirty:
                 new_key = self._key(new_path)
                 attrs = self._effective_attrs(src) if src.attrs_dirty else None
@@ -868,9 +908,7 @@ class DgfsOperations(pyfuse3.Operations):
                 self.inodes.detach(dst)
             self.inodes.move(src, new_path)
             if src.dirty and src.staging is not None:
-                self.staging.mark_dirty(
-                    src.staging, self._key(new_path), self._effective_attrs(src)
-                )
+                self._mark_staged(src, new_path)
         self._note_file(old_path, None)
         if src.defer_until:
             src.defer_until = 0.0
@@ -948,11 +986,13 @@ class DgfsOperations(pyfuse3.Operations):
             "failed_uploads": dict(self.failed_uploads),
             "s3_requests": dict(self.store.store.requests),
             "delta_attempts_skipped": self.store.backoff.skipped,
+            "recovery": dict(self.recovery),
             "cache": self.cache.stats().as_dict() if self.cache is not None else {},
         }
         if not show_keys:
             for name in xattrs.KEY_LISTS:
                 values[name] = len(values[name])
+            values["recovery"] = {"state": self.recovery.get("state", "")}
             values["keys_hidden"] = True
         return values
 

@@ -33,7 +33,7 @@ from core.objectstore import ObjectStore
 from core.proc import pid_alive
 from dgfs.fs import DgfsOperations
 from dgfs.options import FsOptions
-from dgfs.staging import StagingArea, recover
+from dgfs.staging import StagingArea
 
 log = logging.getLogger("dgfs.mount")
 
@@ -143,12 +143,10 @@ def run_foreground(cfg: MountConfig, ready_fd: int | None = None) -> int:
         _report_ready(ready_fd, f"error: {exc}")
         raise
     cache = ContentCache(cfg.cache)
-    staging = StagingArea(cfg.fs.cache_base, cfg.bucket)
+    staging = StagingArea(cfg.fs.cache_base, cfg.bucket, cfg.s3.endpoint_url or "aws")
     store = DeltaStore(
         ObjectStore(cfg.bucket, cfg.s3), cfg.delta, cache, workdir=staging.path / "work"
     )
-    for line in recover(cfg.fs.cache_base, cfg.bucket, store.put):
-        _report_ready(ready_fd, f"note: {line}", close=False)
     ops = DgfsOperations(store, cache, cfg.fs, staging)
     status_path = state_file(cfg.mountpoint)  # before mounting: resolve() would stat the mount
     try:
@@ -187,6 +185,7 @@ async def _serve(ops: DgfsOperations, ready_fd: int | None) -> list[str]:
         nursery.start_soon(_on_signals)
         nursery.start_soon(ops.retry_failed_uploads)
         nursery.start_soon(ops.apply_pending_attrs)
+        nursery.start_soon(ops.recover_staged)  # in the background: the mount comes up first
         # boto3's service models and the imports are hundreds of thousands of long-lived
         # objects: left to the cyclic GC, every full collection rescans them (measured: 80 ms
         # in the middle of a cold `ls -l` of 1,000 files). Freeze them out of its view.
@@ -206,16 +205,13 @@ async def _on_signals() -> None:
             return
 
 
-def _report_ready(fd: int | None, message: str, close: bool = True) -> None:
-    """Tell the waiting `dgfs mount` parent a line ('note: …', then 'ok' or 'error: …')."""
+def _report_ready(fd: int | None, message: str) -> None:
+    """Tell the waiting `dgfs mount` parent its one line ('ok' or 'error: …')."""
     if fd is None:
-        if message.startswith("note: "):
-            log.warning("%s", message[6:])
         return
     try:
         os.write(fd, message.encode() + b"\n")
-        if close:
-            os.close(fd)
+        os.close(fd)
     except OSError:
         pass
 
@@ -294,17 +290,12 @@ def spawn_daemon(argv: list[str], log_file: Path | None, timeout: float = 60.0) 
 
 
 def _read_ready(read_fd: int, timeout: float) -> str | None:
-    """The child's final line ('ok' / 'error: …' / '' at EOF), echoing notes; None on timeout."""
+    """The child's line ('ok' / 'error: …' / '' at EOF); None on timeout."""
     deadline = time.monotonic() + timeout
     with os.fdopen(read_fd, "rb") as pipe:
         while (remaining := deadline - time.monotonic()) > 0:
-            if not select.select([pipe], [], [], remaining)[0]:
-                continue
-            line = pipe.readline().decode().strip()
-            if line.startswith("note: "):
-                print(f"dgfs: {line[6:]}", file=sys.stderr)
-                continue
-            return line
+            if select.select([pipe], [], [], remaining)[0]:
+                return pipe.readline().decode().strip()
     return None
 
 

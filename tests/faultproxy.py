@@ -16,6 +16,8 @@ matching request is in `schedule` (1-based), at most `limit` times):
 - ``reset_request``: forward the request head and the first `fraction` of its body, then reset
   both connections (the server sees a broken upload; the client sees a reset).
 - ``stall``: forward the request, then send nothing for `stall_seconds` and close.
+- ``delay``: wait `stall_seconds`, then forward the request and its answer unchanged (a slow
+  request that succeeds).
 - ``truncate``: forward the request, send the response with fewer body bytes than its
   Content-Length (`fraction` of it; of the head when there is no body), then close (FIN).
 
@@ -35,7 +37,7 @@ import uuid
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-KINDS = ("error500", "slowdown", "reset", "reset_request", "stall", "truncate")
+KINDS = ("error500", "slowdown", "reset", "reset_request", "stall", "truncate", "delay")
 _ERRORS = {
     "error500": (
         500,
@@ -290,6 +292,9 @@ class FaultProxy:
                 if rule is not None and rule.kind in _ERRORS:
                     client.sock.sendall(error_response(rule.kind))
                     continue
+                if rule is not None and rule.kind == "delay":
+                    self._stop.wait(rule.stall_seconds)
+                    rule = None
                 if up is None:
                     up = self._connect_upstream()
                 if rule is not None and rule.kind == "reset_request":

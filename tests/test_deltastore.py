@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,7 @@ def test_metadata_matches_spec_literally(deltastore, objectstore, tmp_path):
     assert first["dg-note"] == "zero-diff (reference identical)"
     delta = objectstore.head("m/b.zip.delta")
     meta = delta.metadata
+    assert meta.pop("dgfs-written").isdigit()  # dgfs's own key (deltaglider ignores it)
     assert set(meta) == {
         "dg-tool",
         "dg-original-name",
@@ -218,6 +220,7 @@ def test_newer_form_wins_when_both_exist(deltastore, objectstore, tmp_path):
     versions = version_series(2, 50_000)
     deltastore.put(write(tmp_path / "a", versions[0]), "both/a.zip")
     deltastore.put(write(tmp_path / "b", versions[1]), "both/b.zip")
+    time.sleep(1.1)  # a later second: a LastModified tie settles otherwise
     objectstore.put_bytes("both/b.zip", b"newer plain", {})
     listing = deltastore.list_dir("both")
     assert listing.files["b.zip"].key == "both/b.zip"
