@@ -895,6 +895,10 @@ def check_record(record: ObjectRecord) -> None:
             raise IntegrityError(f"{record.stored_key}: dg-file-size is missing or not a number")
         if not _is_sha256(record.ref_sha256):
             raise IntegrityError(f"{record.stored_key}: dg-ref-sha256 is not a SHA-256")
+        if record.ref_key and not layout.ref_key_allowed(record.stored_key, record.ref_key):
+            raise IntegrityError(
+                f"{record.stored_key}: dg-ref-key {record.ref_key!r} is outside its deltaspace"
+            )
 
 
 class DecompressedDelta(IntegrityError):

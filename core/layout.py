@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 import posixpath
 import re
 import stat
@@ -41,6 +42,19 @@ STREAM_MODE = "stream"
 META_POLICY = "dgfs-policy"  # the reference policy that wrote a delta (absent: deltaglider's)
 _SAFE_XATTR = re.compile(r"[a-z0-9._-]+")
 
+# ranges of parsed metadata fields (what the kernel's and pyfuse3's C fields hold)
+MAX_MODE = 0o177777  # file type and permission bits
+MAX_ID = 2**32 - 2  # uid_t / gid_t; 2**32 - 1 is (uid_t)-1, "no id"
+MAX_SIZE = 2**63 - 1  # off_t
+MIN_NS, MAX_NS = -(2**63), 2**63 - 1  # timestamps in ns, as pyfuse3 stores them
+PATH_MAX = 4096  # longest symlink target dgfs reads; larger "symlinks" are regular files
+SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+_DECIMAL = re.compile(r"[+-]?[0-9]{1,40}")  # ASCII only: '²' passes str.isdigit(), not int()
+_OCTAL = re.compile(r"0[0-7]{0,39}")
+_WARN_LIMIT = 10_000
+_warned: set[tuple[str, str]] = set()
+log = logging.getLogger("core.layout")
+
 
 class Kind(StrEnum):
     """How a logical file is stored."""
@@ -58,6 +72,7 @@ class PosixAttrs:
     uid: int | None = None
     gid: int | None = None
     mtime_ns: int | None = None
+    foreign: bool = False  # `mode` came from another tool's key (s3fs/rclone), not dgfs-mode
 
 
 @dataclass(frozen=True)
@@ -86,7 +101,13 @@ class ObjectRecord:
 
     @property
     def is_symlink(self) -> bool:
-        return self.attrs.mode is not None and stat.S_ISLNK(self.attrs.mode)
+        """Marked as a symlink and small enough to be one (larger bodies are regular files)."""
+        return (
+            self.attrs.mode is not None
+            and stat.S_ISLNK(self.attrs.mode)
+            and 0 < self.original_size <= PATH_MAX
+            and self.stored_size <= PATH_MAX
+        )
 
 
 # ---------------------------------------------------------------- keys
@@ -226,42 +247,106 @@ def meta_field(meta: dict[str, str], name: str) -> str | None:
     return None
 
 
-def _int_field(meta: dict[str, str], *keys: str) -> int | None:
-    for key in keys:
-        value = meta.get(key)
+def parse_int(text: str, lo: int, hi: int, octal: bool = False) -> int | None:
+    """`text` as an ASCII integer in [lo, hi] (octal: with a leading 0), else None."""
+    if not (_OCTAL if octal else _DECIMAL).fullmatch(text):
+        return None
+    value = int(text, 8 if octal else 10)
+    return value if lo <= value <= hi else None
+
+
+def ignored_field(key: str, name: str, value: str) -> None:
+    """Log (once per object and field) that a metadata field is unusable and ignored."""
+    if (key, name) in _warned:
+        return
+    if len(_warned) < _WARN_LIMIT:
+        _warned.add((key, name))
+    log.warning("%s: ignoring metadata field %s=%r (malformed or out of range)", key, name, value)
+
+
+def _checked(meta: dict[str, str], key: str, name: str, parsed: int | None) -> int | None:
+    if parsed is None and meta.get(name):
+        ignored_field(key, name, meta[name])
+    return parsed
+
+
+def _int_field(meta: dict[str, str], key: str, names: tuple[str, ...], hi: int) -> int | None:
+    """The first valid value among `names` (0..hi); s3fs's `mode` is decimal, rclone's octal."""
+    for name in names:
+        value = meta.get(name)
         if value:
-            try:
-                return int(value, 8) if key == "mode" and value.startswith("0") else int(value)
-            except ValueError:
-                continue
+            octal = name == "mode" and value.startswith("0")
+            parsed = _checked(meta, key, name, parse_int(value, 0, hi, octal))
+            if parsed is not None:
+                return parsed
     return None
 
 
-def _mtime_ns(meta: dict[str, str]) -> int | None:
+def _seconds_ns(value: str) -> int | None:
+    """s3fs's integer seconds, rclone's float seconds or RFC 3339 time, in ns (None if bad)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = _rfc3339_seconds(value)
+    ns = None if seconds is None else seconds * 1e9
+    return round(ns) if ns is not None and MIN_NS < ns < MAX_NS else None  # False for nan
+
+
+def _rfc3339_seconds(value: str) -> float | None:
+    try:
+        stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=dt.UTC)
+        return stamp.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _mtime_ns(meta: dict[str, str], key: str) -> int | None:
     value = meta.get(META_MTIME)
-    if value and value.isdigit():
-        return int(value)
-    value = meta.get("mtime")  # s3fs: integer seconds; rclone: float seconds or RFC 3339
-    if not value:
-        return None
-    try:
-        return int(round(float(value) * 1e9))
-    except ValueError:
-        pass
-    try:
-        return int(dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
-    except ValueError:
-        return None
+    if value:
+        parsed = _checked(meta, key, META_MTIME, parse_int(value, MIN_NS, MAX_NS))
+        if parsed is not None:
+            return parsed
+    value = meta.get("mtime")
+    return _checked(meta, key, "mtime", _seconds_ns(value)) if value else None
 
 
-def posix_attrs_from(meta: dict[str, str]) -> PosixAttrs:
-    """dgfs's attributes, falling back to s3fs's / rclone's `mode`, `uid`, `gid`, `mtime`."""
+def posix_attrs_from(meta: dict[str, str], key: str = "") -> PosixAttrs:
+    """dgfs's attributes, falling back to s3fs's / rclone's `mode`, `uid`, `gid`, `mtime`.
+
+    Each field is validated (ASCII integer in range); a bad one is ignored and logged once
+    for object `key`, never an error.
+    """
+    own = _int_field(meta, key, (META_MODE,), MAX_MODE)
+    other = _int_field(meta, key, ("mode",), MAX_MODE) if own is None else None
     return PosixAttrs(
-        mode=_int_field(meta, META_MODE, "mode"),
-        uid=_int_field(meta, META_UID, "uid"),
-        gid=_int_field(meta, META_GID, "gid"),
-        mtime_ns=_mtime_ns(meta),
+        mode=own if own is not None else other,
+        uid=_int_field(meta, key, (META_UID, "uid"), MAX_ID),
+        gid=_int_field(meta, key, (META_GID, "gid"), MAX_ID),
+        mtime_ns=_mtime_ns(meta, key),
+        foreign=other is not None,
     )
+
+
+def trusted_mode(attrs: PosixAttrs, suid: bool, dev: bool) -> int | None:
+    """The mode a mount shows for a file's `attrs`: without `suid`, setuid/setgid/sticky bits
+    from another tool's `mode` are dropped; without `dev`, devices, FIFOs, sockets and unknown
+    types (dgfs never writes them) are regular files. Directory and symlink types are the
+    caller's business."""
+    mode = attrs.mode
+    if not mode:
+        return mode
+    if attrs.foreign and not suid:
+        mode &= ~SPECIAL_BITS
+    kind = stat.S_IFMT(mode)
+    if kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK) and not (dev and _is_device(kind)):
+        mode = stat.S_IFREG | stat.S_IMODE(mode)
+    return mode
+
+
+def _is_device(kind: int) -> bool:
+    return kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
 def posix_attrs_to_meta(attrs: PosixAttrs) -> dict[str, str]:
@@ -328,15 +413,14 @@ def record_from_head(
         etag=etag,
         last_modified_ns=last_modified_ns,
         tool=tool,
-        attrs=posix_attrs_from(meta),
+        attrs=posix_attrs_from(meta, stored_key),
         xattrs=xattrs_from(meta),
         metadata=meta,
     )
     if is_delta_key and sha:
-        original = meta_field(meta, "file-size")
         return ObjectRecord(
             kind=Kind.DELTA,
-            original_size=int(original) if original and original.isdigit() else -1,
+            original_size=_file_size(meta, stored_key),
             sha256=sha,
             ref_key=_delta_reference(stored_key, meta),
             ref_sha256=meta_field(meta, "ref-sha256"),
@@ -347,14 +431,34 @@ def record_from_head(
     return ObjectRecord(kind=Kind.PLAIN, original_size=size, **common)
 
 
+def _file_size(meta: dict[str, str], key: str) -> int:
+    """A delta's `dg-file-size` (0..2**63-1); -1 when missing or bad (reading it fails)."""
+    value = meta_field(meta, "file-size")
+    size = parse_int(value, 0, MAX_SIZE) if value else None
+    if size is None and value:
+        ignored_field(key, "dg-file-size", value)
+    return -1 if size is None else size
+
+
 def _delta_reference(stored_key: str, meta: dict[str, str]) -> str:
     ref_key = meta_field(meta, "ref-key")
     if ref_key:
         return reference_for_ref_key(ref_key.lstrip("/"))
     ref_path = meta_field(meta, "ref-path")  # the Rust proxy: relative to the deltaspace
-    if ref_path:
-        return posixpath.normpath(join_key(deltaspace_of(stored_key), ref_path))
+    if ref_path:  # not normalised: a path through `..` must fail ref_key_allowed
+        return join_key(deltaspace_of(stored_key), ref_path)
     return reference_key(deltaspace_of(stored_key))
+
+
+def ref_key_allowed(stored_key: str, ref_key: str) -> bool:
+    """Whether a delta may use `ref_key`: its own deltaspace's reference.bin, or a dgfs hidden
+    reference under `<deltaspace>/.dgfs/`; never another deltaspace, `.` or `..`."""
+    space = deltaspace_of(stored_key)
+    if ref_key == reference_key(space):
+        return True
+    hidden = join_key(space, ".dgfs") + "/"
+    rest = ref_key[len(hidden) :].split("/")
+    return ref_key.startswith(hidden) and all(p not in ("", ".", "..") for p in rest)
 
 
 # ---------------------------------------------------------------- metadata we write

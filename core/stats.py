@@ -254,9 +254,10 @@ class _Tally:
         used: set[str] = set()
         for delta in self.deltas:
             ref_key = delta.ref_key or layout.reference_key(layout.deltaspace_of(delta.stored_key))
+            allowed = layout.ref_key_allowed(delta.stored_key, ref_key)  # else unreadable
             while ref_key is not None and ref_key not in used:
-                if ref_key not in self.refs:
-                    if not self._head_exists(ref_key):
+                if not allowed or ref_key not in self.refs:
+                    if not allowed or not self._head_exists(ref_key):
                         space = self.space(layout.deltaspace_of(delta.stored_key))
                         space.missing_references[delta.stored_key] = ref_key
                     break

@@ -90,10 +90,6 @@ def server_status(data_dir: Path) -> None:
 
 GENERIC_MOUNT_OPTIONS = {
     "rw",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
     "exec",
     "noexec",
     "auto",
@@ -126,9 +122,11 @@ FLAG_OPTIONS = {
     "nonempty": "nonempty",
     "extensions_only": "extensions_only",
     "foreground": "foreground",
+    "suid": "suid",
+    "dev": "dev",
 }
 
-NEGATED_OPTIONS = {"no_dir_index": "dir_index"}
+NEGATED_OPTIONS = {"no_dir_index": "dir_index", "nosuid": "suid", "nodev": "dev"}
 
 
 def parse_o_options(values: tuple[str, ...]) -> dict[str, str | bool]:
@@ -158,6 +156,14 @@ def _mount_options(f):
         click.option("--uid", type=int, help="Owner of objects without dgfs metadata."),
         click.option("--gid", type=int, help="Group of objects without dgfs metadata."),
         click.option("--umask", type=str, help="Octal umask for objects without dgfs metadata."),
+        click.option(
+            "--suid",
+            is_flag=True,
+            help="Honour setuid/setgid/sticky bits, also those in other tools' metadata.",
+        ),
+        click.option(
+            "--dev", is_flag=True, help="Show device/FIFO/socket types from metadata (-o dev)."
+        ),
         click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache directory."),
         click.option("--cache-size", type=int, help="Disk cache bound in MB."),
         click.option("--memory-cache-size", type=int, help="Memory cache bound in MB."),

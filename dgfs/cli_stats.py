@@ -19,6 +19,7 @@ from core.config import ConfigError, DeltaSettings, s3_settings_from_env
 from core.deltastore import DeltaStore
 from core.errors import DgError
 from core.objectstore import ObjectStore
+from dgfs.logfmt import log_to_stderr
 
 SHARED_DIR = "shared"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -61,7 +62,9 @@ def one_line_errors() -> Iterator[None]:
 
 @contextmanager
 def open_store(bucket: str, endpoint_url: str | None) -> Iterator[DeltaStore]:
-    """A DeltaStore on an existing bucket (checked first), closed afterwards."""
+    """A DeltaStore on an existing bucket (checked first), closed afterwards; core's
+    warnings (e.g. ignored metadata fields) go to stderr, escaped."""
+    log_to_stderr()
     objects = ObjectStore(bucket, s3_settings_from_env(endpoint_url=endpoint_url))
     objects.check_bucket()
     store = DeltaStore(objects, DeltaSettings())

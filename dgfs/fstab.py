@@ -2,8 +2,9 @@
 
     releases  /mnt/releases  dgfs  _netdev,endpoint_url=http://127.0.0.1:9000,metadata_ttl=30  0 0
 
-mount(8) calls `mount.dgfs SOURCE MOUNTPOINT [-sfnv] -o OPTIONS`; generic options (rw, dev,
-suid, _netdev, noauto…) are ignored by `dgfs mount -o`. For type `fuse.dgfs`, mount.fuse3
+mount(8) calls `mount.dgfs SOURCE MOUNTPOINT [-sfnv] -o OPTIONS`; generic options (rw,
+_netdev, noauto…) are ignored by `dgfs mount -o`, except suid/nosuid and dev/nodev (default
+nosuid,nodev; docs/SEMANTICS.md). For type `fuse.dgfs`, mount.fuse3
 runs `dgfs SOURCE MOUNTPOINT -o OPTIONS`, which `dgfs.cli.main` also accepts.
 """
 

@@ -127,6 +127,7 @@ def preflight(cfg: MountConfig) -> None:
 def fuse_options(cfg: MountConfig) -> set[str]:
     opts = set(pyfuse3.default_options)
     opts |= {f"fsname=dgfs:{cfg.bucket}", "subtype=dgfs"}
+    opts |= {"suid" if cfg.fs.suid else "nosuid", "dev" if cfg.fs.dev else "nodev"}
     if cfg.allow_other:
         opts.add("allow_other")
     if cfg.fs.read_only:

@@ -16,6 +16,7 @@ from core.config import (
     dir_index_enabled,
     s3_settings_from_env,
 )
+from dgfs.logfmt import EscapingFormatter
 from dgfs.mount import MountConfig
 from dgfs.options import FsOptions, parse_source
 
@@ -74,10 +75,10 @@ def _convert(name: str, value, kind):
 
 
 def setup_logging(level: str | None, log_file: Path | None) -> None:
-    """Greppable log lines (time, level, logger, message) to stderr or a file."""
+    """Greppable log lines (time, level, logger, escaped message) to stderr or a file."""
     level = (level or os.environ.get("DG_LOG_LEVEL") or "INFO").upper()
     handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -132,6 +133,8 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
         cache_base=base,
         exclude=tuple(opts.get("exclude") or ()),
         dir_index=dir_index_enabled(opts.get("dir_index")),
+        suid=bool(opts.get("suid")),
+        dev=bool(opts.get("dev")),
     )
     for name in ("uid", "gid", "metadata_ttl", "rename_dir_limit", "temp_upload_delay"):
         if opts.get(name) is not None:

@@ -24,6 +24,8 @@ class FsOptions:
     temp_upload_delay: float = 5.0
     exclude: tuple[str, ...] = ()
     dir_index: bool = True
+    suid: bool = False  # trust setuid/setgid/sticky bits from other tools' `mode` metadata
+    dev: bool = False  # show device, FIFO and socket types from metadata (else regular files)
 
 
 def parse_source(source: str) -> tuple[str, str]:
