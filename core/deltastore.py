@@ -866,8 +866,7 @@ def _metadata_with(
 
 
 def _written_ns(record: ObjectRecord) -> int | None:
-    value = record.metadata.get(META_WRITTEN, "")
-    return int(value) if value.isdigit() else None
+    return layout.parse_int(record.metadata.get(META_WRITTEN, ""), 0, layout.MAX_SIZE)
 
 
 def _tie_winner(records: list[ObjectRecord]) -> ObjectRecord:
