@@ -11,80 +11,48 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from core import TOOL_NAME, codec, layout
 from core.backoff import DeltaBackoff
-from core.cache import NotCacheable
 from core.config import DeltaSettings
 from core.eligibility import may_delta
 from core.errors import (
-    CodecError,
     DgError,
-    IntegrityError,
-    NoSpace,
     NotFound,
     PreconditionFailed,
     Stale,
 )
-from core.hashing import CHUNK, sha256_file
+from core.hashing import sha256_file
 from core.layout import Kind, ObjectRecord, PosixAttrs
+from core.listing import META_WRITTEN, DirListing, list_level, newest_form
 from core.objectstore import ObjectInfo, ObjectStore, PutStamp
-from core.policies import MAX_DECODES, Candidate, ReferencePolicy, make_policy, stream
+from core.policies import Candidate, ReferencePolicy, make_policy, stream
+from core.reader import Reader
+from core.references import References
 from core.scratch import private_dir
 
 log = logging.getLogger("dgfs.store")
 
 HEAD_CONCURRENCY = 32
-# ns stamp of the writer's clock on every object dgfs writes: decides between `x` and `x.delta`
-# when their LastModified (1 s resolution) ties
-META_WRITTEN = "dgfs-written"
-
-DECOMPRESSED_REASON = "delta of externally decompressed content"
-COMPRESSED_SUFFIXES = (".gz", ".tgz", ".bz2", ".tbz2", ".xz", ".txz", ".lzma", ".z")
-DIAGNOSE_EXPANSION = 100  # a decompressed-delta check stops past 100× the file's size
 
 
 class TooManyObjects(DgError):
     """A prefix operation would touch more objects than allowed."""
 
 
-@dataclass(frozen=True)
-class Reference:
-    """A deltaspace's `reference.bin` as its HEAD describes it."""
-
-    key: str
-    sha256: str
-    size: int
-    source_name: str
-
-
-@dataclass
-class DirListing:
-    """One level of a prefix, from LIST only (no HEAD): logical names to stored objects."""
-
-    files: dict[str, ObjectInfo] = field(default_factory=dict)
-    dirs: set[str] = field(default_factory=set)
-    markers: dict[str, ObjectInfo] = field(default_factory=dict)
-    stale: list[str] = field(default_factory=list)
-    ties: dict[str, ObjectInfo] = field(default_factory=dict)  # name → the other form (same second)
-    skipped: list[str] = field(default_factory=list)
-    reference: ObjectInfo | None = None
-    private: bool = False  # the directory has a hidden `.dgfs/` sub-prefix (keyframes, index)
-
-
-def _valid_segment(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and len(name.encode()) <= 255 and "\0" not in name
-
-
 class DeltaStore:
-    """put/get/stat/list/delete/rename of logical files in one bucket (deltaglider layout)."""
+    """put/get/stat/list/delete/rename of logical files in one bucket (deltaglider layout).
+
+    Its parts: `references` (each deltaspace's reference.bin and the delete protocol,
+    core/references.py), `reader` (the verified read path, core/reader.py), `policy` (what a
+    new delta is encoded against, core/policies/), listing (core/listing.py).
+    """
 
     def __init__(
         self,
@@ -103,10 +71,10 @@ class DeltaStore:
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="dgfs-work-")) if workdir is None else workdir
         self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._refs: dict[str, Reference] = {}
-        self._refs_lock = threading.Lock()
         self.backoff = DeltaBackoff()
         self.hidden_heads = stream.HiddenHeads(self.head_record)  # stream walks
+        self.references = References(store, self.head_record, tool, self.scratch)
+        self.reader = Reader(store, cache, self.workdir, self.hidden_heads)
 
     def close(self) -> None:
         """Remove the private work directory if this store created it."""
@@ -137,84 +105,13 @@ class DeltaStore:
         if not found:
             raise NotFound(f"{logical_key}: no such file")
         latest = max(r.last_modified_ns for r in found)
-        return _tie_winner([r for r in found if r.last_modified_ns == latest])
+        return newest_form([r for r in found if r.last_modified_ns == latest])
 
-    def list_dir(self, prefix: str, on_page=None) -> DirListing:
-        """One directory level (prefix '' = root) from LIST pages only.
-
-        `on_page(objects)`, if given, is called with each page's file objects as it arrives
-        (so metadata HEADs can overlap the rest of the listing).
-
-        Hidden: references, `.deltaglider/`, `.dgfs/`. Skipped (reported): names that cannot be
-        file names, and a file whose name is also a directory (the directory wins). When both
-        `x` and `x.delta` exist the newer wins and the other is listed in `stale`.
-        """
-        base = f"{prefix}/" if prefix else ""
-        listing = DirListing()
-        for page in self.store.list_pages(base):
-            for p in page.prefixes:
-                name = p[len(base) : -1]
-                if name in layout.HIDDEN_SEGMENTS:
-                    listing.private = listing.private or name == ".dgfs"
-                    continue
-                if _valid_segment(name):
-                    listing.dirs.add(name)
-                else:
-                    listing.skipped.append(p)
-            for obj in page.objects:
-                self._classify_listed(listing, base, obj)
-            if on_page is not None:
-                on_page(
-                    [
-                        o
-                        for o in page.objects
-                        if not o.key.endswith("/") and not layout.is_hidden_key(o.key)
-                    ]
-                )
-        for name, other in listing.ties.items():
-            listing.files[name] = self._settle_tie(listing.files[name], other)
-        for name in list(listing.files):
-            if name in listing.dirs:
-                listing.skipped.append(listing.files.pop(name).key)
-        return listing
-
-    def _classify_listed(self, listing: DirListing, base: str, obj: ObjectInfo) -> None:
-        name = obj.key[len(base) :]
-        if name == "":
-            listing.markers[""] = obj  # the directory's own marker
-            return
-        if name == layout.REFERENCE_NAME:
-            listing.reference = obj
-            return
-        logical = name[: -len(layout.DELTA_SUFFIX)] if name.endswith(layout.DELTA_SUFFIX) else name
-        if not _valid_segment(logical):
-            listing.skipped.append(obj.key)
-            return
-        other = listing.files.get(logical)
-        if other is None:
-            listing.files[logical] = obj
-            return
-        # to the second: S3's resolution (some servers list milliseconds, HEAD says seconds)
-        seconds, other_seconds = obj.last_modified_ns // 10**9, other.last_modified_ns // 10**9
-        if seconds == other_seconds:
-            listing.ties[logical] = obj
-            return
-        newer, older = (obj, other) if seconds > other_seconds else (other, obj)
-        listing.files[logical] = newer
-        listing.stale.append(older.key)
-
-    def _settle_tie(self, first: ObjectInfo, second: ObjectInfo) -> ObjectInfo:
-        """Of `x` and `x.delta` listed with the same LastModified, the one to show (HEADs)."""
-        found = {}
-        for obj in (first, second):
-            try:
-                found[obj.key] = self.head_record(obj.key)
-            except NotFound:
-                continue
-        if not found:
-            return first
-        winner = _tie_winner(list(found.values()))
-        return first if winner.stored_key == first.key else second
+    def list_dir(
+        self, prefix: str, on_page: Callable[[list[ObjectInfo]], None] | None = None
+    ) -> DirListing:
+        """One directory level from LIST pages (core/listing.py: `list_level`)."""
+        return list_level(self.store, self.head_record, prefix, on_page)
 
     def records(self, objects: list[ObjectInfo]) -> list[ObjectRecord]:
         """HEAD many listed objects with bounded parallelism (records in the same order)."""
@@ -226,130 +123,6 @@ class DeltaStore:
         listing = self.list_dir(prefix)
         names = sorted(listing.files)
         return self.records([listing.files[n] for n in names])
-
-    # ------------------------------------------------------------ references
-
-    def reference(self, prefix: str) -> Reference | None:
-        """The deltaspace's reference (remembered once seen), or None if it has none."""
-        with self._refs_lock:
-            known = self._refs.get(prefix)
-        if known is not None:
-            return known
-        try:
-            record = self.head_record(layout.reference_key(prefix))
-        except NotFound:
-            return None
-        return self._remember_reference(prefix, record.stored_key, record)
-
-    def known_reference(self, prefix: str) -> Reference | None:
-        """The deltaspace's reference if this store has already seen it (no I/O)."""
-        with self._refs_lock:
-            return self._refs.get(prefix)
-
-    def _remember_reference(self, prefix: str, key: str, record: ObjectRecord) -> Reference:
-        if not record.sha256:
-            raise IntegrityError(f"{key}: reference without dg-file-sha256")
-        ref = Reference(
-            key, record.sha256, record.stored_size, record.metadata.get("dg-source-name", "")
-        )
-        with self._refs_lock:
-            self._refs[prefix] = ref
-        return ref
-
-    def _forget_reference(self, prefix: str) -> None:
-        with self._refs_lock:
-            self._refs.pop(prefix, None)
-
-    def _fetch_verified(
-        self, key: str, sha256: str, out: Path, chain: tuple[str, ...] = ()
-    ) -> None:
-        """Download `key` into `out` and check its SHA-256 (IntegrityError naming the key).
-
-        A dgfs chain reference is decoded: a stream link (one decode, against the root and
-        bodies of its stream: core/policies/stream.py) or a link of an older chain (against its
-        parent hidden reference, materialised the same way). `chain`: the keys being decoded above
-        this one; each counts as one sequential decode, bounded by MAX_DECODES (and cycles
-        are refused).
-        """
-        with out.open("wb") as f:
-            info, digest = self.store.download(key, f)
-        if digest == sha256:
-            return
-        meta = layout.decode_metadata(info.metadata or {})
-        parent = layout.chain_parent(meta)
-        if parent is None:
-            raise IntegrityError(f"{key}: sha256 mismatch (expected {sha256}, got {digest})")
-        chain = (*chain, key)
-        if len(chain) > MAX_DECODES or parent[0] in chain:
-            raise IntegrityError(f"{key}: reference chain deeper than {MAX_DECODES} decodes")
-        with self.scratch() as tmp:
-            delta, base = tmp / "delta", tmp / "base"
-            shutil.move(out, delta)
-            if layout.is_stream_link(meta):
-                if digest != meta.get(layout.META_BODY_SHA):
-                    raise IntegrityError(f"{key}: stream link body sha256 mismatch")
-                stream.write_source(self, self.hidden_heads, parent, base, tmp, sha256)
-            else:
-                self.reference_file(parent[0], parent[1], base, chain)
-            try:
-                codec.decode(base, delta, out)
-            except Exception as exc:
-                raise IntegrityError(f"{key}: cannot decode chain reference ({exc})") from None
-        if sha256_file(out) != sha256:
-            raise IntegrityError(f"{key}: decoded chain reference sha256 mismatch")
-
-    def reference_file(
-        self, ref_key: str, ref_sha256: str, out: Path, chain: tuple[str, ...] = ()
-    ) -> None:
-        """Materialise a verified reference into `out`, through the cache when there is one
-        (a chain reference is cached decoded, by its sha256)."""
-        self._through_cache(
-            ref_sha256, out, lambda tmp: self._fetch_verified(ref_key, ref_sha256, tmp, chain)
-        )
-
-    def stored_file(self, key: str, sha256: str, out: Path, cached: bool = True) -> None:
-        """The bytes stored under `key`, as they are (never decoded), checked against `sha256`,
-        into `out`, through the cache unless `cached` is False (a stream link's body is part
-        of later links' sources)."""
-
-        def download(tmp: Path) -> None:
-            with tmp.open("wb") as f:
-                _, digest = self.store.download(key, f)
-            if digest != sha256:
-                raise IntegrityError(f"{key}: stored sha256 mismatch (expected {sha256})")
-
-        if cached:
-            self._through_cache(sha256, out, download)
-        else:
-            download(out)
-
-    def _through_cache(self, sha256: str, out: Path, produce: Callable[[Path], None]) -> None:
-        """`produce(path)` writes the bytes of `sha256`: into the cache entry, copied to `out`
-        (or straight into `out` without a cache, or when the cache cannot hold them)."""
-        if self.cache is None:
-            produce(out)
-            return
-        try:
-            entry = self.cache.get_or_create(sha256, produce)
-        except NotCacheable:
-            produce(out)
-            return
-        with entry:
-            entry.copy_to(out)
-
-    def create_reference(self, prefix: str, src: Path, sha256: str, name: str) -> bool:
-        """Try to make `src` the deltaspace's reference (If-None-Match: *); True if we won."""
-        key = layout.reference_key(prefix)
-        meta = layout.fit_metadata(layout.reference_metadata(self.tool, name, sha256))
-        try:
-            self.store.put_file(key, src, layout.encode_metadata(meta), if_none_match=True)
-        except PreconditionFailed:
-            log.info("reference %s: another writer created it first; encoding against theirs", key)
-            self._forget_reference(prefix)
-            return False
-        with self._refs_lock:
-            self._refs[prefix] = Reference(key, sha256, src.stat().st_size, name)
-        return True
 
     # ------------------------------------------------------------ put
 
@@ -475,31 +248,6 @@ class DeltaStore:
         record = self.written(key, Kind.DELTA, delta_size, size, sha, meta, stamp)
         return replace(record, ref_key=ref.key, ref_sha256=ref.sha256)
 
-    def ensure_reference(self, key: str, sha256: str, source_name: str, local: Path) -> None:
-        """Writer half of the delete protocol: the reference must exist after our delta does.
-
-        If a concurrent delete removed it between our encode and our PUT, put it back from
-        `local`, the bytes we encoded against (conditional create, so two restorers agree).
-        Without `local` it cannot: IntegrityError (the write fails and is retried).
-        """
-        try:
-            self.store.head(key)
-            return
-        except NotFound:
-            pass
-        if not local.exists():
-            self._forget_reference(layout.deltaspace_of(key))
-            raise IntegrityError(
-                f"{key}: reference vanished while writing and its bytes are not here to restore it"
-            )
-        log.warning("%s: reference vanished while writing; restoring it", key)
-        meta = layout.fit_metadata(layout.reference_metadata(self.tool, source_name, sha256))
-        try:
-            self.store.put_file(key, local, layout.encode_metadata(meta), if_none_match=True)
-        except PreconditionFailed:
-            pass
-        self._forget_reference(layout.deltaspace_of(key))
-
     def written(
         self,
         key: str,
@@ -549,155 +297,29 @@ class DeltaStore:
     def get(self, logical_key: str, out: Path, record: ObjectRecord | None = None) -> ObjectRecord:
         """Reconstruct a logical file into `out` straight from S3 (no cache), SHA-256 checked."""
         record = record or self.stat(logical_key)
-        self.reconstruct(record, out)
+        self.reader.reconstruct(record, out)
         return record
-
-    def reconstruct(
-        self, record: ObjectRecord, out: Path, scratch_base: Path | None = None
-    ) -> None:
-        """Write the original bytes of `record` to `out`; IntegrityError names the bad key.
-
-        Temporary files (reference, delta) go under `scratch_base` (default: the work dir).
-        """
-        check_record(record)
-        if record.kind != Kind.DELTA:
-            with out.open("wb") as f:
-                _, digest = self.store.download(record.stored_key, f)
-            if record.sha256 and digest != record.sha256:
-                raise IntegrityError(f"{record.stored_key}: sha256 mismatch (object corrupted)")
-            return
-        if not record.ref_sha256 or not record.ref_key:
-            raise IntegrityError(f"{record.stored_key}: delta without reference sha256")
-        if record.ref_sha256 == record.sha256:
-            # zero-diff: the file is the reference itself (and fetching it through the cache
-            # here would wait on the very cache entry this call is producing)
-            try:
-                self._fetch_verified(record.ref_key, record.ref_sha256, out, (record.stored_key,))
-            except NotFound:
-                raise _missing_reference(record) from None
-            return
-        self._decode(record, scratch_base or self.workdir, out)
-
-    def _decode(self, record: ObjectRecord, base: Path, out: Path) -> None:
-        """Fetch a delta and its reference into a scratch dir under `base`, decode to `out`
-        and check the SHA-256; a delta of externally decompressed content is named as such."""
-        with private_dir(base) as tmp:
-            ref_path, delta_path = self._fetch_delta(record, tmp)
-            try:
-                codec.decode(ref_path, delta_path, out, record.original_size)
-                if sha256_file(out) == record.sha256:
-                    return
-                problem = "reconstructed sha256 mismatch"
-            except NoSpace:
-                raise
-            except Exception as exc:
-                problem = f"cannot decode ({exc})"
-            if _decompressed_delta(ref_path, delta_path, record, tmp / "decompressed"):
-                raise DecompressedDelta(record.stored_key, self.store.bucket)
-            raise IntegrityError(f"{record.stored_key}: {problem}")
-
-    def _fetch_delta(self, record: ObjectRecord, tmp: Path) -> tuple[Path, Path]:
-        """A delta's verified reference and its body, downloaded into `tmp`."""
-        ref_path, delta_path = tmp / "reference", tmp / "delta"
-        try:
-            self.reference_file(record.ref_key, record.ref_sha256, ref_path, (record.stored_key,))
-        except NotFound:
-            raise _missing_reference(record) from None
-        with delta_path.open("wb") as f:
-            self.store.download(record.stored_key, f)
-        return ref_path, delta_path
 
     def get_decompressed(self, logical_key: str, out: Path) -> ObjectRecord:
-        """Write the decompressed content of a delta of externally decompressed content (see
-        DecompressedDelta) to `out`; CodecError if the delta is not one. Unverifiable: the
-        recorded SHA-256 is of the compressed file, which cannot be rebuilt."""
+        """The decompressed content of a delta of externally decompressed content into `out`
+        (core/reader.py: `Reader.decompressed`)."""
         record = self.stat(logical_key)
-        check_record(record)
-        if record.kind != Kind.DELTA or not record.ref_key:
-            raise CodecError(f"{record.stored_key}: not a delta; read it as usual")
-        with private_dir(self.workdir) as tmp:
-            ref_path, delta_path = self._fetch_delta(record, tmp)
-            codec.decode_decompressed(ref_path, delta_path, out)
+        self.reader.decompressed(record, out)
         return record
-
-    def open_cached(self, record: ObjectRecord):
-        """A pinned cache entry holding the original bytes of `record` (reconstructed once).
-
-        Raises NotCacheable when the cache cannot hold it (memory backend): use `reconstruct`.
-        """
-        check_record(record)
-        if record.kind == Kind.PLAIN or not record.sha256:
-            return self.cache.get_or_create_plain(
-                self.store.bucket,
-                record.stored_key,
-                record.etag,
-                lambda tmp: self.reconstruct(record, tmp, tmp.parent),
-            )
-        return self.cache.get_or_create(
-            record.sha256, lambda tmp: self.reconstruct(record, tmp, tmp.parent)
-        )
 
     # ------------------------------------------------------------ delete
 
     def delete(self, record: ObjectRecord) -> None:
-        """Delete a logical file; a delta's reference goes when no delta of its deltaspace is left.
-
-        Delete protocol (safe against a writer in another process encoding against the
-        reference right now): list the deltaspace (delimited, so sibling prefixes such as
-        `releases2/` never count); if no `.delta` remains, keep the reference's bytes, delete it,
-        and list again: if a delta appeared meanwhile, restore the reference (conditional
-        create). A writer, after putting its delta, HEADs the reference and restores it from its
-        own copy if it is gone. Whichever order the requests land in, a delta never outlives its
-        reference.
-        """
+        """Delete a logical file; a delta's reference goes when no delta of its deltaspace is
+        left, by the delete protocol (core/references.py)."""
         self.store.delete(record.stored_key)
         if record.kind == Kind.DELTA:
             self.release_reference(layout.deltaspace_of(record.stored_key))
 
-    def has_deltas(self, prefix: str) -> bool:
-        """Whether the deltaspace holds a `.delta` (delimited: sibling prefixes don't count)."""
-        base = f"{prefix}/" if prefix else ""
-        return any(
-            o.key.endswith(layout.DELTA_SUFFIX)
-            for page in self.store.list_pages(base)
-            for o in page.objects
-        )
-
     def release_reference(self, prefix: str, local_copy: Path | None = None) -> None:
-        """Delete the deltaspace's references that no delta uses any more (see `delete`)."""
+        """Delete the deltaspace's references that no delta uses any more (delete protocol)."""
         self.policy.release(self, prefix)  # keyframes first (no-op under deltaglider)
-        self.remove_unused_reference(layout.reference_key(prefix), local_copy)
-
-    def remove_unused_reference(self, ref_key: str, local_copy: Path | None = None) -> bool:
-        """Delete `ref_key` unless a delta is, or appears, in its deltaspace; True if removed.
-
-        The delete half of the protocol in `delete`: list, keep the bytes (`local_copy` if the
-        caller has them), delete, list again, and restore (conditional create, original
-        metadata) if a delta appeared meanwhile.
-        """
-        prefix = layout.deltaspace_of(ref_key)
-        if self.has_deltas(prefix):
-            return False
-        self._forget_reference(prefix)
-        with self.scratch() as tmp:
-            kept = local_copy or tmp / "reference"
-            try:
-                if local_copy is None:
-                    with kept.open("wb") as f:
-                        info, _ = self.store.download(ref_key, f)
-                else:
-                    info = self.store.head(ref_key)
-            except NotFound:
-                return False
-            self.store.delete(ref_key)
-            if not self.has_deltas(prefix):
-                return True
-            log.warning("%s: a delta appeared while deleting; restoring reference", ref_key)
-            try:
-                self.store.put_file(ref_key, kept, info.metadata or {}, if_none_match=True)
-            except PreconditionFailed:
-                pass
-        return False
+        self.references.remove_unused(layout.reference_key(prefix), local_copy)
 
     # ------------------------------------------------------------ rename / attributes
 
@@ -717,7 +339,7 @@ class DeltaStore:
         same_space = layout.deltaspace_of(record.logical_key) == layout.deltaspace_of(dst_logical)
         if record.kind == Kind.DELTA and not same_space:
             with self.scratch() as tmp:
-                self.reconstruct(record, tmp / "file")
+                self.reader.reconstruct(record, tmp / "file")
                 new = self.put(
                     tmp / "file", dst_logical, attrs or record.attrs, record.xattrs, replaced
                 )
@@ -824,10 +446,7 @@ class DeltaStore:
             self._copy_moved(obj.key, old, new)
         for obj in reversed(objects):
             self.store.delete(obj.key)
-        with self._refs_lock:
-            self._refs = {
-                p: r for p, r in self._refs.items() if not (p + "/").startswith(old + "/")
-            }
+        self.references.forget_below(old)
         return len(objects)
 
     def _copy_moved(self, key: str, old: str, new: str) -> None:
@@ -865,70 +484,4 @@ def _metadata_with(
     return layout.fit_metadata(meta)
 
 
-def _written_ns(record: ObjectRecord) -> int | None:
-    return layout.parse_int(record.metadata.get(META_WRITTEN, ""), 0, layout.MAX_SIZE)
-
-
-def _tie_winner(records: list[ObjectRecord]) -> ObjectRecord:
-    """Of a file's forms with the same LastModified: the later `dgfs-written` stamp when
-    every form has one, else the plain `x` (deltaglider reads it first)."""
-    stamps = [_written_ns(r) for r in records]
-    if None not in stamps and len(set(stamps)) == len(stamps):
-        return records[stamps.index(max(stamps))]
-    return next((r for r in records if r.kind != Kind.DELTA), records[0])
-
-
 _HEX = frozenset("0123456789abcdef")
-
-
-def _is_sha256(value: str | None) -> bool:
-    return value is not None and len(value) == 64 and set(value) <= _HEX
-
-
-def check_record(record: ObjectRecord) -> None:
-    """Refuse metadata that cannot describe real content (IntegrityError naming the key)."""
-    if record.sha256 is not None and not _is_sha256(record.sha256):
-        raise IntegrityError(f"{record.stored_key}: dg-file-sha256 is not a SHA-256")
-    if record.kind == Kind.DELTA:
-        if record.original_size < 0:
-            raise IntegrityError(f"{record.stored_key}: dg-file-size is missing or not a number")
-        if not _is_sha256(record.ref_sha256):
-            raise IntegrityError(f"{record.stored_key}: dg-ref-sha256 is not a SHA-256")
-        if record.ref_key and not layout.ref_key_allowed(record.stored_key, record.ref_key):
-            raise IntegrityError(
-                f"{record.stored_key}: dg-ref-key {record.ref_key!r} is outside its deltaspace"
-            )
-
-
-class DecompressedDelta(IntegrityError):
-    """A delta made by xdelta3 from externally decompressed inputs: the original compressed
-    bytes cannot be rebuilt, only the decompressed content."""
-
-    def __init__(self, stored_key: str, bucket: str) -> None:
-        logical = stored_key.removesuffix(layout.DELTA_SUFFIX)
-        super().__init__(
-            f"{stored_key}: {DECOMPRESSED_REASON} (written by xdelta3 without -D, e.g. by "
-            f"deltaglider 6.2 or an earlier dgfs); the original bytes cannot be rebuilt; "
-            f"`dgfs get --decompressed s3://{bucket}/{logical} DEST` writes its "
-            "decompressed content"
-        )
-
-
-def _decompressed_delta(ref: Path, delta: Path, record: ObjectRecord, out: Path) -> bool:
-    """Whether `delta` was made from externally decompressed inputs: the file or its
-    reference is compressed (by magic or name), and an xdelta3 run that decompresses inputs
-    and never recompresses decodes it to content of another SHA-256."""
-    name = record.logical_key.lower()
-    compressed_name = name.endswith(COMPRESSED_SUFFIXES)
-    if not compressed_name and codec.compression_of(ref) is None:
-        return False
-    try:
-        bound = DIAGNOSE_EXPANSION * record.original_size + CHUNK
-        codec.decode_decompressed(ref, delta, out, bound)
-    except DgError:
-        return False
-    return sha256_file(out) != record.sha256
-
-
-def _missing_reference(record: ObjectRecord) -> IntegrityError:
-    return IntegrityError(f"{record.stored_key}: its reference {record.ref_key} is missing")

@@ -386,9 +386,9 @@ def format_xattrs(
 def remove_orphan(store: DeltaStore, ref_key: str) -> bool:
     """Delete an orphaned reference unless a delta is (or appears) in its deltaspace.
 
-    The same protocol as DeltaStore.delete (DeltaStore.remove_unused_reference). True if removed.
+    The same protocol as DeltaStore.delete (References.remove_unused). True if removed.
     """
-    return store.remove_unused_reference(ref_key)
+    return store.references.remove_unused(ref_key)
 
 
 def remove_orphans(store: DeltaStore, keys: Iterable[str]) -> list[str]:

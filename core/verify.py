@@ -95,7 +95,7 @@ def _check(store: DeltaStore, record: ObjectRecord, tmp: Path) -> str | None:
     os.close(fd)
     out = Path(name)
     try:
-        store.reconstruct(record, out)
+        store.reader.reconstruct(record, out)
     except (DgError, OSError) as exc:
         message = str(exc)
         return message if record.stored_key in message else f"{record.stored_key}: {message}"

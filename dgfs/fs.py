@@ -26,11 +26,13 @@ import trio
 
 from core import dirindex, layout
 from core.cache import NotCacheable
-from core.deltastore import DeltaStore, DirListing, TooManyObjects, check_record
+from core.deltastore import DeltaStore, TooManyObjects
 from core.errors import DgError, InvalidName, NotFound
 from core.layout import Kind, ObjectRecord, PosixAttrs
+from core.listing import DirListing
 from core.metadata import RecordCache
 from core.objectstore import ObjectInfo
+from core.reader import check_record
 from dgfs import xattrs
 from dgfs.dirstats import DirStats
 from dgfs.errors import errno_for, guard_all
@@ -193,7 +195,7 @@ class DgfsOperations(pyfuse3.Operations):
         self.records.remember(record)
         state.listing.files[name] = ObjectInfo(record.stored_key, record.stored_size, "", 0)
         if record.kind == Kind.DELTA and state.listing.reference is None:
-            ref = self.store.known_reference(layout.deltaspace_of(record.stored_key))
+            ref = self.store.references.known(layout.deltaspace_of(record.stored_key))
             if ref is not None:
                 state.listing.reference = ObjectInfo(ref.key, ref.size, "", 0)
 
@@ -371,9 +373,9 @@ class DgfsOperations(pyfuse3.Operations):
 
     def _materialize(self, record: ObjectRecord, path: Path) -> None:
         try:
-            entry = self.store.open_cached(record)
+            entry = self.store.reader.open_cached(record)
         except NotCacheable:
-            self.store.reconstruct(record, path)
+            self.store.reader.reconstruct(record, path)
             return
         with entry:
             entry.copy_to(path)
@@ -687,7 +689,7 @@ class DgfsOperations(pyfuse3.Operations):
     async def _release_dir_reference(self, path: str, ref_key: str) -> bool:
         """Delete an emptied directory's reference.bin by the delete protocol; False if a
         file appeared meanwhile (the protocol then keeps or restores the reference)."""
-        if await self._run(self.store.remove_unused_reference, ref_key):
+        if await self._run(self.store.references.remove_unused, ref_key):
             return True
         return not (await self._dir(path, refresh=True)).listing.files
 
@@ -750,7 +752,7 @@ class DgfsOperations(pyfuse3.Operations):
             return b""
         if handle.entry is None:
             try:
-                handle.entry = await self._run(self.store.open_cached, node.record)
+                handle.entry = await self._run(self.store.reader.open_cached, node.record)
             except NotCacheable:  # too big for a memory-only cache: read from a private copy
                 async with node.lock:
                     await self._ensure_staging(node)

@@ -123,7 +123,7 @@ def test_rename_after_a_remote_replace_moves_the_current_object(deltastore, obje
 
 def test_ensure_reference_without_local_copy_raises(deltastore, tmp_path):
     with pytest.raises(IntegrityError, match="vanished"):
-        deltastore.ensure_reference("e/reference.bin", "0" * 64, "x.bin", tmp_path / "missing")
+        deltastore.references.ensure("e/reference.bin", "0" * 64, "x.bin", tmp_path / "missing")
 
 
 def test_rmdir_keeps_a_reference_a_new_delta_uses(

@@ -19,7 +19,7 @@ def test_n_deltas_fetch_their_reference_once(objectstore, deltastore, tmp_path):
     records = [reader.stat(f"rp/v{i}.zip") for i in range(1, 8)]
     before = objectstore.requests["get"]
     with ThreadPoolExecutor(4) as pool:
-        entries = list(pool.map(reader.open_cached, records))
+        entries = list(pool.map(reader.reader.open_cached, records))
     try:
         for entry, data in zip(entries, versions[1:], strict=True):
             assert entry.read(0, len(data) + 10) == data
@@ -28,7 +28,7 @@ def test_n_deltas_fetch_their_reference_once(objectstore, deltastore, tmp_path):
             entry.close()
     # 7 delta GETs and exactly one GET of the shared reference.bin
     assert objectstore.requests["get"] - before == 7 + 1
-    again = reader.open_cached(records[3])  # reopening: no download, no decode
+    again = reader.reader.open_cached(records[3])  # reopening: no download, no decode
     assert again.read(0, 10) == versions[4][:10]
     again.close()
     assert objectstore.requests["get"] - before == 8

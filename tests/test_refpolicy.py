@@ -390,7 +390,7 @@ def test_stream_link_holding_its_roots_content_reads_through_cache(objectstore, 
     link = store.head_record(store.stat("rel/c.zip").ref_key)
     assert layout.is_stream_link(link.metadata)
     reader = DeltaStore(objectstore, DeltaSettings(), cache=cache, workdir=tmp_path / "r")
-    with reader.open_cached(reader.stat("rel/c.zip")) as entry:
+    with reader.reader.open_cached(reader.stat("rel/c.zip")) as entry:
         entry.copy_to(tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == v0
     reader.close()
@@ -513,7 +513,7 @@ def test_chain_read_through_cache_decodes_once_per_link(objectstore, tmp_path, m
     monkeypatch.setattr(codec, "decode", lambda *a: (decodes.append(a), real(*a))[1])
     for i, data in enumerate(versions):
         decodes.clear()
-        with reader.open_cached(reader.stat(f"rel/c{i}.zip")) as entry:
+        with reader.reader.open_cached(reader.stat(f"rel/c{i}.zip")) as entry:
             entry.copy_to(tmp_path / "out")
         assert (tmp_path / "out").read_bytes() == data
         rec = reader.stat(f"rel/c{i}.zip")

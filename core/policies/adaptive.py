@@ -117,7 +117,7 @@ class AdaptivePolicy(ReferencePolicy):
             parts = stream.parts(store.hidden_heads, rec.stored_key, rec.sha256)
             if extending and self._full(parts):
                 return None
-            return parts, stream.fetch_parts(store, parts, tmp)
+            return parts, stream.fetch_parts(store.reader, parts, tmp)
         except NotFound as exc:
             log.info("%s: stream gone (%s); starting a new root", rec.stored_key, exc)
         except IntegrityError as exc:

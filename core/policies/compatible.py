@@ -61,7 +61,7 @@ class AdaptiveCompatiblePolicy(ReferencePolicy):
             if rec.sha256 and layout.chain_parent(rec.metadata) is None:
                 out.append(Candidate(key, rec.sha256, rec.metadata.get("dg-source-name", "")))
         if len(out) < self.tries:
-            ref = store.reference(prefix)
+            ref = store.references.get(prefix)
             if ref is not None:
                 out.append(Candidate(ref.key, ref.sha256, ref.source_name))
         return out
@@ -72,8 +72,10 @@ class AdaptiveCompatiblePolicy(ReferencePolicy):
                   sha: str, extra: dict[str, str]) -> ObjectRecord | None:  # fmt: skip
         old_ref = current_ref_key(store, logical_key)
         with store.scratch() as tmp:
-            if store.reference(prefix) is None and store.create_reference(prefix, src, sha, name):
-                ref = store.reference(prefix)
+            if store.references.get(prefix) is None and store.references.create(
+                prefix, src, sha, name
+            ):
+                ref = store.references.get(prefix)
                 chosen = Candidate(ref.key, ref.sha256, ref.source_name)
                 delta, local = tmp / "self.delta", src
                 codec.encode(src, src, delta, sha)
@@ -93,7 +95,7 @@ class AdaptiveCompatiblePolicy(ReferencePolicy):
                 sha,
                 size,
                 extra,
-                ensure=lambda: store.ensure_reference(
+                ensure=lambda: store.references.ensure(
                     chosen.key, chosen.sha256, chosen.source_name, local
                 ),
                 policy=self.name,
@@ -112,7 +114,7 @@ class AdaptiveCompatiblePolicy(ReferencePolicy):
             if cand.sha256 == sha:
                 shutil.copyfile(src, ref_path)
             else:
-                store.reference_file(cand.key, cand.sha256, ref_path)
+                store.reader.reference_file(cand.key, cand.sha256, ref_path)
                 same_suffix = suffix_of(name) == suffix_of(cand.source_name) != ""
                 if not looks_related(head, sniff(ref_path), same_suffix):
                     continue

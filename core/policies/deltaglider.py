@@ -28,25 +28,25 @@ class DeltagliderPolicy(ReferencePolicy):
 
     def put_delta(self, store, src: Path, logical_key: str, prefix: str, name: str, size: int,
                   sha: str, extra: dict[str, str]) -> ObjectRecord | None:  # fmt: skip
-        ref = store.reference(prefix)
+        ref = store.references.get(prefix)
         with store.scratch() as tmp:
             delta = tmp / "delta"
-            if ref is None and store.create_reference(prefix, src, sha, name):
-                ref, local = store.reference(prefix), src
+            if ref is None and store.references.create(prefix, src, sha, name):
+                ref, local = store.references.get(prefix), src
                 try:
                     codec.encode(src, src, delta, sha)
                 except Exception:
                     store.release_reference(prefix, local_copy=src)  # ours, no delta uses it yet
                     raise
             else:
-                ref = ref or store.reference(prefix)
+                ref = ref or store.references.get(prefix)
                 if ref is None:
                     raise NotFound(f"{layout.reference_key(prefix)}: vanished during create")
                 local = tmp / "reference"
                 if ref.sha256 == sha:
                     shutil.copyfile(src, local)
                 else:
-                    store.reference_file(ref.key, ref.sha256, local)
+                    store.reader.reference_file(ref.key, ref.sha256, local)
                     same_suffix = suffix_of(name) == suffix_of(ref.source_name) != ""
                     if not looks_related(sniff(src), sniff(local), same_suffix):
                         return None
@@ -61,5 +61,5 @@ class DeltagliderPolicy(ReferencePolicy):
                 sha,
                 size,
                 extra,
-                ensure=lambda: store.ensure_reference(ref.key, ref.sha256, ref.source_name, local),
+                ensure=lambda: store.references.ensure(ref.key, ref.sha256, ref.source_name, local),
             )

@@ -95,7 +95,7 @@ def collect_keyframes(store, prefix: str) -> list[str]:
 
     Keeps each one's bytes, deletes chain links before their parents, then re-checks; a
     reference that gained a user meanwhile is restored (conditional create, parents first),
-    as DeltaStore.remove_unused_reference does for reference.bin.
+    as References.remove_unused does for reference.bin.
     """
     hidden = hidden_reference_keys(store, prefix)
     if not hidden:

@@ -152,7 +152,7 @@ def run_policy(s3, policy: str, paths: list[Path], tmp: Path) -> dict:
         try:
             for p in paths:
                 t = time.perf_counter()
-                with reader.open_cached(reader.stat(f"rel/{p.name}")) as entry:
+                with reader.reader.open_cached(reader.stat(f"rel/{p.name}")) as entry:
                     entry.copy_to(tmp / "out")
                 dec += time.perf_counter() - t
                 assert (tmp / "out").read_bytes() == p.read_bytes(), p.name
@@ -164,7 +164,7 @@ def run_policy(s3, policy: str, paths: list[Path], tmp: Path) -> dict:
         reader = DeltaStore(objects, settings, cache=cache, workdir=tmp / f"1-{bucket}")
         try:
             t = time.perf_counter()
-            with reader.open_cached(reader.stat(f"rel/{deepest.name}")) as entry:
+            with reader.reader.open_cached(reader.stat(f"rel/{deepest.name}")) as entry:
                 entry.copy_to(tmp / "out")
             cold = time.perf_counter() - t
         finally:
