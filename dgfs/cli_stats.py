@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,19 +10,15 @@ from pathlib import Path
 
 import click
 
+from core import assembly
 from core import stats as corestats
 from core import verify as coreverify
-from core.cache import CacheConfigError, CacheError, CacheSettings, ContentCache
-from core.cache.procdir import reap_leftovers
+from core.cache import CacheConfigError, CacheError, CacheSettings, ContentCache, inventory
 from core.config import ConfigError, DeltaSettings, s3_settings_from_env
 from core.deltastore import DeltaStore
 from core.errors import DgError
-from core.objectstore import ObjectStore
 from dgfs.logfmt import log_to_stderr
 
-SHARED_DIR = "shared"
-_SHA = re.compile(r"^[0-9a-f]{64}$")
-_PROCESS_DIR = re.compile(r"^ephemeral-(\d+)-[0-9a-f]+$")
 _ENDPOINT = click.option("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL / AWS).")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
@@ -65,13 +60,9 @@ def open_store(bucket: str, endpoint_url: str | None) -> Iterator[DeltaStore]:
     """A DeltaStore on an existing bucket (checked first), closed afterwards; core's
     warnings (e.g. ignored metadata fields) go to stderr, escaped."""
     log_to_stderr()
-    objects = ObjectStore(bucket, s3_settings_from_env(endpoint_url=endpoint_url))
-    objects.check_bucket()
-    store = DeltaStore(objects, DeltaSettings())
-    try:
+    s3 = s3_settings_from_env(endpoint_url=endpoint_url)
+    with assembly.open_store(assembly.StoreConfig(bucket, s3, DeltaSettings())) as store:
         yield store
-    finally:
-        store.close()
 
 
 @contextmanager
@@ -358,30 +349,6 @@ def get_cmd(url: str, dest: Path, decompressed: bool, endpoint_url: str | None) 
 # ---------------------------------------------------------------- cache
 
 
-def _entries(objects_dir: Path) -> tuple[int, int]:
-    """Entry count and bytes of an encrypted store (`objects/ab/cd/<sha256>` files)."""
-    count = size = 0
-    for path in objects_dir.glob("*/*/*"):
-        if _SHA.match(path.name):
-            try:
-                size += path.stat().st_size
-            except FileNotFoundError:
-                continue
-            count += 1
-    return count, size
-
-
-def _process_dirs(base: Path) -> list[dict]:
-    """Ephemeral caches of running dgfs processes (their key dies with them)."""
-    found = []
-    for path in sorted(base.glob("ephemeral-*")):
-        match = _PROCESS_DIR.match(path.name)
-        if match:
-            count, size = _entries(path / "objects")
-            found.append({"pid": int(match.group(1)), "entries": count, "bytes": size})
-    return found
-
-
 def _cache_settings(cache_dir: Path | None) -> CacheSettings:
     with one_line_errors():
         return CacheSettings.from_env(cache_dir=cache_dir)
@@ -428,7 +395,7 @@ def cache_info(cache_dir: Path | None, as_json: bool) -> None:
     }
     if info["exists"]:
         if settings.ephemeral:
-            count, size = _entries(base / SHARED_DIR / "objects")
+            count, size = inventory.count_entries(inventory.shared_objects(base))
             info["notes"].append(
                 "no DG_CACHE_ENCRYPTION_KEY set: files on disk were counted, not opened"
             )
@@ -437,7 +404,7 @@ def cache_info(cache_dir: Path | None, as_json: bool) -> None:
                 current = cache.stats()
             count, size = current.entries, current.disk_bytes
         info["shared"] = {"entries": count, "bytes": size}
-        info["process_caches"] = _process_dirs(base)
+        info["process_caches"] = inventory.process_caches(base)
         if info["process_caches"]:
             info["notes"].append(
                 "process caches use a per-process key and vanish when that process exits"
@@ -475,19 +442,16 @@ def cache_clear(cache_dir: Path | None) -> None:
     if not base.is_dir():
         click.echo(f"nothing to clear: {base} does not exist")
         return
-    objects = base / SHARED_DIR / "objects"
-    before, size = _entries(objects)
+    objects = inventory.shared_objects(base)
+    before, size = inventory.count_entries(objects)
     if settings.ephemeral:
-        for path in objects.glob("*/*/*"):
-            if _SHA.match(path.name):
-                path.unlink(missing_ok=True)
-        reap_leftovers(base)
+        inventory.remove_unkeyed(base)
     else:
         with one_line_errors(), ContentCache(settings) as cache:
             cache.clear()
-    after, _ = _entries(objects)
+    after, _ = inventory.count_entries(objects)
     click.echo(f"removed {before - after} of {before} entries ({human(size)}) from {base}")
-    running = _process_dirs(base)
+    running = inventory.process_caches(base)
     if running:
         pids = ", ".join(str(p["pid"]) for p in running)
         click.echo(f"left the ephemeral caches of running process(es) {pids}")

@@ -24,7 +24,8 @@ import pyfuse3
 import trio
 
 from core import codec
-from core.cache import CacheSettings, ContentCache
+from core.assembly import StoreConfig, open_store
+from core.cache import CacheSettings
 from core.cache.procdir import make_private_dir
 from core.config import DeltaSettings, S3Settings
 from core.deltastore import DeltaStore
@@ -58,6 +59,10 @@ class MountConfig:
     allow_other: bool = False
     nonempty: bool = False
     fuse_options: list[str] = field(default_factory=list)
+
+    def store(self) -> StoreConfig:
+        """What core needs to serve the bucket (core/assembly.py)."""
+        return StoreConfig(self.bucket, self.s3, self.delta, self.cache)
 
 
 def runtime_dir() -> Path:
@@ -143,12 +148,30 @@ def run_foreground(cfg: MountConfig, ready_fd: int | None = None) -> int:
     except MountError as exc:
         _report_ready(ready_fd, f"error: {exc}")
         raise
-    cache = ContentCache(cfg.cache)
     staging = StagingArea(cfg.fs.cache_base, cfg.bucket, cfg.s3.endpoint_url or "aws")
-    store = DeltaStore(
-        ObjectStore(cfg.bucket, cfg.s3), cfg.delta, cache, workdir=staging.path / "work"
-    )
-    ops = DgfsOperations(store, cache, cfg.fs, staging)
+    failed: list[str] | None = None  # None: serving ended abnormally; staged data is kept
+    try:
+        with open_store(cfg.store(), staging.path / "work", check_bucket=False) as store:
+            failed = _mount_and_serve(cfg, store, staging, ready_fd)
+    finally:
+        staging.close(keep=failed != [])
+    if failed:
+        log.error(
+            "unmounted with %d upload(s) not done: %s (staged data kept in %s)",
+            len(failed),
+            ", ".join(failed),
+            staging.path,
+        )
+        return 1
+    log.info("unmounted cleanly")
+    return 0
+
+
+def _mount_and_serve(
+    cfg: MountConfig, store: DeltaStore, staging: StagingArea, ready_fd: int | None
+) -> list[str]:
+    """Mount `store` and serve until unmounted; returns the uploads that did not succeed."""
+    ops = DgfsOperations(store, store.cache, cfg.fs, staging)
     status_path = state_file(cfg.mountpoint)  # before mounting: resolve() would stat the mount
     try:
         pyfuse3.init(ops, str(cfg.mountpoint), fuse_options(cfg))
@@ -161,23 +184,11 @@ def run_foreground(cfg: MountConfig, ready_fd: int | None = None) -> int:
         failed = trio.run(_serve, ops, ready_fd)
     finally:
         pyfuse3.close(unmount=True)
-        store.close()
-        cache.close()
         ops.records.close()
-        staging.close(keep=bool(failed))
         _write_state(
             status_path, {"pid": os.getpid(), "state": "stopped", "failed_uploads": failed}
         )
-    if failed:
-        log.error(
-            "unmounted with %d upload(s) not done: %s (staged data kept in %s)",
-            len(failed),
-            ", ".join(failed),
-            staging.path,
-        )
-        return 1
-    log.info("unmounted cleanly")
-    return 0
+    return failed
 
 
 async def _serve(ops: DgfsOperations, ready_fd: int | None) -> list[str]:

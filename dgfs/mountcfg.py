@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from core.cache import CacheConfigError, CacheSettings
-from core.cache.settings import default_cache_dir
 from core.config import (
     ConfigError,
     delta_settings_from_env,
@@ -114,9 +113,8 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
             no_delta_patterns=tuple(opts.get("no_delta") or ()) or None,
             reference_policy=opts.get("reference_policy"),
         )
-        if opts.get("cache_key_file"):
-            os.environ["DG_CACHE_KEY_FILE"] = str(opts["cache_key_file"])
         cache = CacheSettings.from_env(
+            key_file=opts.get("cache_key_file"),
             backend=opts.get("cache_backend"),
             cache_dir=opts.get("cache_dir"),
             disk_limit_bytes=opts["cache_size"] * 2**20 if opts.get("cache_size") else None,
@@ -126,11 +124,10 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
         )
     except (ConfigError, CacheConfigError) as exc:
         raise ConfigProblem(str(exc)) from None
-    base = Path(opts.get("cache_dir") or default_cache_dir())
     fs = FsOptions(
+        cache_base=cache.cache_dir,
         prefix=prefix,
         read_only=bool(opts.get("read_only")),
-        cache_base=base,
         exclude=tuple(opts.get("exclude") or ()),
         dir_index=dir_index_enabled(opts.get("dir_index")),
         suid=bool(opts.get("suid")),

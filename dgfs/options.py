@@ -9,8 +9,12 @@ from pathlib import Path
 
 @dataclass
 class FsOptions:
-    """What the filesystem layer needs to know (everything else is core's business)."""
+    """What the filesystem layer needs to know (everything else is core's business).
 
+    `cache_base`: the resolved cache directory (CacheSettings.cache_dir), which also holds
+    staging and the metadata database."""
+
+    cache_base: Path
     prefix: str = ""
     read_only: bool = False
     uid: int = field(default_factory=os.getuid)
@@ -18,7 +22,6 @@ class FsOptions:
     umask: int = 0o022
     metadata_ttl: float = 5.0
     rename_dir_limit: int = 1000
-    cache_base: Path = Path("/tmp/dgfs")
     max_threads: int = 16
     retry_interval: float = 10.0
     temp_upload_delay: float = 5.0

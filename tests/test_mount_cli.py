@@ -114,3 +114,24 @@ def test_mount_reports_bad_source_in_one_line(s3_server, tmp_path):
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not os.path.ismount(mp)
+
+
+def test_dg_cache_dir_holds_cache_staging_and_metadata(s3_server, bucket, tmp_path):
+    """DG_CACHE_DIR alone (no --cache-dir) decides where everything local goes: the read
+    cache, staged writes and the metadata database (resolved once, core.cache.settings)."""
+    where, cache_dir = tmp_path / "mnt", tmp_path / "dg-cache"
+    where.mkdir()
+    env = {**os.environ, "DG_CACHE_DIR": str(cache_dir)}
+    dgfs = [sys.executable, "-m", "dgfs.cli"]
+    args = [*dgfs, "mount", bucket, str(where), "--log-file", str(tmp_path / "log")]
+    subprocess.run(args, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        (where / "f.txt").write_bytes(b"x" * 5000)
+        assert (where / "f.txt").read_bytes() == b"x" * 5000
+        assert list(cache_dir.glob("metadata-*.sqlite3"))
+        assert (cache_dir / "staging").is_dir()
+        assert (cache_dir / "shared").is_dir() or list(cache_dir.glob("ephemeral-*"))
+    finally:
+        done = subprocess.run([*dgfs, "umount", str(where)], capture_output=True, timeout=300)
+        force_unmount(where)
+    assert done.returncode == 0

@@ -23,7 +23,7 @@ from core.cache.errors import CacheIntegrityError, NotCacheable
 from core.cache.memory import MemoryLRU
 from core.cache.plain_index import PlainIndex
 from core.cache.procdir import ProcessDir
-from core.cache.settings import CacheSettings, default_cache_dir
+from core.cache.settings import CacheSettings
 from core.cache.singleflight import SingleFlight
 from core.scratch import private_dir, run_spilling
 
@@ -76,7 +76,7 @@ class ContentCache:
         self._parked: DiskStore | None = None  # disk tier set aside after a full disk
         self._retry_at = 0.0
         self._closed = False
-        base = settings.cache_dir or default_cache_dir()
+        base = settings.cache_dir
         try:
             self._procdir = ProcessDir(base)
         except OSError as exc:
@@ -322,7 +322,7 @@ class ContentCache:
     def _warn_degraded(self, exc: OSError) -> None:
         log.warning(
             "cache directory %s is unusable (%s); caching in memory only (up to %d bytes) for now",
-            self.settings.cache_dir or default_cache_dir(),
+            self.settings.cache_dir,
             exc.strerror or exc,
             self.settings.memory_limit_bytes,
         )

@@ -9,7 +9,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ class CacheSettings:
     """How and where the read cache stores entries. `key` is the 32-byte AES key."""
 
     backend: str = "filesystem"
-    cache_dir: Path | None = None
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     disk_limit_bytes: int = 2048 * MiB
     memory_limit_bytes: int = 100 * MiB
     key: bytes | None = None
@@ -39,7 +39,7 @@ class CacheSettings:
         if self.backend not in BACKENDS:
             raise CacheConfigError(f"cache backend must be one of {BACKENDS}, not {self.backend!r}")
         if isinstance(self.cache_dir, str):
-            object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
         if not isinstance(self.disk_limit_bytes, int) or self.disk_limit_bytes <= 0:
             raise CacheConfigError("cache disk limit must be a positive number of bytes")
         if not isinstance(self.memory_limit_bytes, int) or self.memory_limit_bytes < 0:
@@ -61,8 +61,11 @@ class CacheSettings:
         return self.key is None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> CacheSettings:
-        """Settings from DG_CACHE_* variables; overrides (field names) win when not None."""
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, key_file: Path | None = None, **overrides: Any
+    ) -> CacheSettings:
+        """Settings from DG_CACHE_* variables; overrides (field names) win when not None, and
+        `key_file` (e.g. `--cache-key-file`) wins over DG_CACHE_KEY_FILE."""
         env = os.environ if env is None else env
         names = {f.name for f in fields(cls)}
         unknown = set(overrides) - names
@@ -82,7 +85,8 @@ class CacheSettings:
             values["disk_limit_bytes"] = _megabytes("DG_CACHE_DISK_SIZE_MB", disk, positive=True)
         if (memory := get("DG_CACHE_MEMORY_SIZE_MB")) is not None:
             values["memory_limit_bytes"] = _megabytes("DG_CACHE_MEMORY_SIZE_MB", memory)
-        key_text, key_file = get("DG_CACHE_ENCRYPTION_KEY"), get("DG_CACHE_KEY_FILE")
+        key_text = get("DG_CACHE_ENCRYPTION_KEY")
+        key_file = str(key_file) if key_file is not None else get("DG_CACHE_KEY_FILE")
         if key_text and key_file:
             raise CacheConfigError("set only one of DG_CACHE_ENCRYPTION_KEY and DG_CACHE_KEY_FILE")
         if key_text:
