@@ -326,7 +326,8 @@ def cached_probe(
     caps = load_cached(path, endpoint_id(store), ttl)
     if caps is None:
         caps = probe(store)
-        save(path, caps)
+        if None not in caps.results.values():  # a transient error is not cached for a day
+            save(path, caps)
     return caps
 
 
