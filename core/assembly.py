@@ -26,11 +26,16 @@ class StoreConfig:
 
 @contextmanager
 def open_store(
-    cfg: StoreConfig, workdir: Path | None = None, check_bucket: bool = True
+    cfg: StoreConfig,
+    workdir: Path | None = None,
+    check_bucket: bool = True,
+    conditional_put: bool = True,
 ) -> Iterator[DeltaStore]:
     """A DeltaStore over `cfg` (the bucket checked first unless told not to), its cache and
-    work directory closed afterwards."""
+    work directory closed afterwards. `conditional_put` False: the server does not honour
+    If-None-Match (core/capabilities.py), creates fall back to create-then-verify."""
     objects = ObjectStore(cfg.bucket, cfg.s3)
+    objects.conditional_put = conditional_put
     if check_bucket:
         objects.check_bucket()
     cache = ContentCache(cfg.cache) if cfg.cache is not None else None

@@ -169,6 +169,9 @@ class ObjectStore:
         )
         self._lock = threading.Lock()
         self.requests: collections.Counter[str] = collections.Counter()
+        # False on servers that ignore `If-None-Match: *` (core/capabilities.py probes it):
+        # conditional creates then go through capabilities.create_then_verify
+        self.conditional_put = True
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -205,6 +208,10 @@ class ObjectStore:
             return fn(**kwargs)
         except (bce.ClientError, bce.BotoCoreError) as exc:
             raise self._map(exc, key) from None
+
+    def call_raw(self, op: str, key: str | None, **kwargs) -> dict:
+        """One boto3 client call by name on this bucket, errors mapped (capability probes)."""
+        return self._call(op, key, getattr(self._client, op), Bucket=self.bucket, **kwargs)
 
     def _extra_put_args(self, metadata: dict[str, str]) -> dict:
         args = {"Metadata": metadata, "ContentType": "application/octet-stream"}
@@ -306,6 +313,10 @@ class ObjectStore:
         self, key: str, data: bytes, metadata: dict[str, str], if_none_match: bool = False
     ) -> str:
         """Single PUT of small data; returns the ETag. PreconditionFailed if it must not exist."""
+        if if_none_match and not self.conditional_put:
+            from core.capabilities import create_then_verify
+
+            return create_then_verify(self, key, lambda: self.put_bytes(key, data, metadata))
         kwargs = {"Bucket": self.bucket, "Key": key, "Body": data, **self._extra_put_args(metadata)}
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
@@ -326,6 +337,10 @@ class ObjectStore:
         Returns the single PUT's ETag and response date (None for a multipart upload, whose
         response the transfer manager does not hand back).
         """
+        if if_none_match and not self.conditional_put:
+            from core.capabilities import create_then_verify
+
+            return create_then_verify(self, key, lambda: self.put_file(key, path, metadata))
         size = path.stat().st_size
         conditional = if_none_match or if_match is not None
         if conditional and size > SINGLE_PUT_LIMIT:

@@ -346,5 +346,6 @@ def run(args: list[str] | None = None, prog_name: str = "dgfs") -> None:
 
 
 __import__("dgfs.cli_stats", fromlist=["register"]).register(main)  # stats/gc/verify/cache
+main.add_command(__import__("dgfs.cli_doctor", fromlist=["doctor_cmd"]).doctor_cmd)
 if __name__ == "__main__":
     run()

@@ -94,8 +94,10 @@ def state_file(mountpoint: Path) -> Path:
     return runtime_dir() / (str(mountpoint.resolve()).strip("/").replace("/", "_") + ".json")
 
 
-def preflight(cfg: MountConfig) -> None:
-    """Fail fast, with one line, on everything we can check before mounting."""
+def preflight(cfg: MountConfig) -> bool:
+    """Fail fast, with one line, on everything we can check before mounting.
+
+    Returns whether conditional creates can rely on the server (see _conditional_put)."""
     runtime_dir()
     for directory in {cfg.fs.cache_base, cfg.cache.cache_dir} - {None}:
         _private_dir(directory)
@@ -124,9 +126,43 @@ def preflight(cfg: MountConfig) -> None:
     try:
         # fail fast: a dead endpoint must not cost the full retry budget of normal requests
         probe = replace(cfg.s3, max_attempts=2, connect_timeout=min(cfg.s3.connect_timeout, 3.0))
-        ObjectStore(cfg.bucket, probe).check_bucket()
+        probe_store = ObjectStore(cfg.bucket, probe)
+        probe_store.check_bucket()
     except DgError as exc:
         raise MountError(str(exc)) from None
+    return cfg.fs.read_only or _conditional_put(cfg, probe_store)
+
+
+def _conditional_put(cfg: MountConfig, store: ObjectStore) -> bool:
+    """Whether the server honours `If-None-Match: *` (core/capabilities.py, cached per
+    endpoint). Without it reference creation falls back to create-then-verify (one warning),
+    and the `adaptive` policy, whose stream links rely on it, is refused."""
+    from core import capabilities
+
+    try:
+        mode = capabilities.conditional_put_mode()
+    except ValueError as exc:
+        raise MountError(str(exc)) from None
+    if mode != "auto":
+        ok, why = mode == "on", "DG_CONDITIONAL_PUT=" + mode
+    else:
+        try:
+            caps = capabilities.cached_probe(store, cfg.cache.cache_dir)
+            ok, why = caps.has("conditional_put"), caps.details.get("conditional_put", "")
+        except DgError as exc:
+            ok, why = False, f"capability probe failed: {exc}"
+    if ok:
+        return True
+    if cfg.delta.reference_policy == "adaptive":
+        raise MountError(
+            "reference policy 'adaptive' needs conditional PUT (If-None-Match: *), which this "
+            f"endpoint does not honour ({why}); use deltaglider or adaptive-compatible"
+        )
+    log.warning(
+        "endpoint without conditional PUT (%s): references are created with create-then-verify",
+        why,
+    )
+    return False
 
 
 def fuse_options(cfg: MountConfig) -> set[str]:
@@ -144,14 +180,15 @@ def fuse_options(cfg: MountConfig) -> set[str]:
 def run_foreground(cfg: MountConfig, ready_fd: int | None = None) -> int:
     """Mount and serve until unmounted or signalled; returns the exit status."""
     try:
-        preflight(cfg)
+        cond = preflight(cfg)
     except MountError as exc:
         _report_ready(ready_fd, f"error: {exc}")
         raise
     staging = StagingArea(cfg.fs.cache_base, cfg.bucket, cfg.s3.endpoint_url or "aws")
     failed: list[str] | None = None  # None: serving ended abnormally; staged data is kept
     try:
-        with open_store(cfg.store(), staging.path / "work", check_bucket=False) as store:
+        work = staging.path / "work"
+        with open_store(cfg.store(), work, check_bucket=False, conditional_put=cond) as store:
             failed = _mount_and_serve(cfg, store, staging, ready_fd)
     finally:
         staging.close(keep=failed != [])

@@ -13,19 +13,29 @@ from core.config import DeltaSettings, s3_settings_from_env
 from core.deltastore import DeltaStore
 from core.objectstore import ObjectStore
 from dgfs import localserver
+from tests import s3kind
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[localserver.LocalServer]:
-    """ministack on a free port with a temp data dir; the client env points at it."""
-    data_dir = tmp_path_factory.mktemp("s3server")
-    server = localserver.start(data_dir)
+    """ministack on a free port with a temp data dir; the client env points at it.
+
+    With DGFS_TEST_S3=ceph: the one-node Ceph RGW of scripts/ceph.sh instead (tests/s3kind.py).
+    """
+    if s3kind.KIND == "ceph":
+        server = s3kind.start_ceph()
+    else:
+        data_dir = tmp_path_factory.mktemp("s3server")
+        server = localserver.start(data_dir)
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())
     try:
         yield server
     finally:
-        localserver.stop(data_dir)
+        if s3kind.KIND == "ceph":
+            s3kind.stop_ceph(server)
+        else:
+            localserver.stop(data_dir)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

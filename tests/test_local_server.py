@@ -10,10 +10,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from dgfs import localserver
+from tests.s3kind import ministack_only
 
 
-def _client(endpoint: str):
-    env = localserver.client_env(endpoint)
+def _client(endpoint: str, env: dict[str, str] | None = None):
+    env = env or localserver.client_env(endpoint)
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
@@ -25,7 +26,7 @@ def _client(endpoint: str):
 
 @pytest.fixture
 def client(s3_server):
-    return _client(s3_server.endpoint_url)
+    return _client(s3_server.endpoint_url, s3_server.env())
 
 
 def test_user_metadata_round_trip(client, bucket):
@@ -96,6 +97,7 @@ def test_ranged_get(client, bucket):
     assert client.get_object(Bucket=bucket, Key="r", Range="bytes=2-5")["Body"].read() == b"2345"
 
 
+@ministack_only
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_persists_across_restart(tmp_path, how):
     """Objects, metadata, and a key `x` beside `x/y` survive a restart (also after kill -9)."""
@@ -118,6 +120,7 @@ def test_persists_across_restart(tmp_path, how):
         localserver.stop(tmp_path)
 
 
+@ministack_only
 def test_start_is_idempotent(s3_server):
     again = localserver.start(s3_server.data_dir)
     assert again.pid == s3_server.pid
