@@ -10,7 +10,7 @@ import pytest
 from tests.datagen import version_series, write
 
 
-def test_cp_series_in_and_out(mnt, tmp_path):
+def test_cp_series_in_and_out(mnt, mounter, tmp_path):
     versions = version_series(5, 1_000_000)
     src = tmp_path / "src"
     for i, data in enumerate(versions):
@@ -28,9 +28,12 @@ def test_cp_series_in_and_out(mnt, tmp_path):
         check=True,
     ).stdout
     assert kind == "delta"
+    assert mnt.umount().returncode == 0
+    cold = mounter(mnt.bucket, "cold", cache="cold-cache")
+    subprocess.run(["diff", "-r", str(src), str(cold.path / "rel")], check=True)
 
 
-def test_rsync_twice_transfers_nothing(mnt, tmp_path):
+def test_rsync_twice_transfers_nothing(mnt, mounter, tmp_path):
     src = tmp_path / "tree"
     for i in range(10):
         write(src / f"d{i % 3}" / f"f{i}.txt", f"file {i}\n".encode() * (i * 100 + 1))
@@ -43,6 +46,9 @@ def test_rsync_twice_transfers_nothing(mnt, tmp_path):
     )
     assert "Number of regular files transferred: 0" in second.stdout
     subprocess.run(["diff", "-r", str(src), str(mnt.path / "tree")], check=True)
+    assert mnt.umount().returncode == 0
+    cold = mounter(mnt.bucket, "cold", cache="cold-cache")
+    subprocess.run(["diff", "-r", str(src), str(cold.path / "tree")], check=True)
 
 
 def test_fresh_mount_reads_the_file_that_is_the_reference(mounter, bucket, tmp_path):
