@@ -73,7 +73,6 @@ class DgfsOperations(pyfuse3.Operations):
         self.store = store
         self.cache = cache
         self.opts = opts
-        self.staging = staging
         self.threads = Threads(opts.max_threads)
         self.inodes = InodeTable()
         self.namespace = Namespace(store, opts, self.inodes, self.threads)
@@ -385,15 +384,7 @@ class DgfsOperations(pyfuse3.Operations):
         if await self._child(parent, _name(name)) is not None:
             raise _fuse_error(errno.EEXIST)
         attrs = PosixAttrs(stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, time.time_ns())
-        tmp, fd = self.staging.new_file()
-        try:
-            os.write(fd, target)
-            record = await self.threads.run(
-                self.store.put, tmp, self._key(path), attrs, None, None, True
-            )
-        finally:
-            os.close(fd)
-            self.staging.remove(tmp)
+        record = await self.writeback.store_symlink(self._key(path), target, attrs)
         node = self.inodes.node_for(path, False)
         node.record = record
         self.namespace.note_file(path, record)

@@ -285,6 +285,16 @@ class WriteBack:
                 failed.append(self.namespace.key(node.path or "?") + " (attributes)")
         return failed
 
+    async def store_symlink(self, key: str, target: bytes, attrs: PosixAttrs) -> ObjectRecord:
+        """Store a symlink (always direct: its body is its target)."""
+        tmp, fd = self.staging.new_file()
+        try:
+            os.write(fd, target)
+            return await self.threads.run(self.store.put, tmp, key, attrs, None, None, True)
+        finally:
+            os.close(fd)
+            self.staging.remove(tmp)
+
     # ------------------------------------------------------------ removal and rename
 
     async def remove(self, node: Node) -> None:
