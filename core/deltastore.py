@@ -8,6 +8,7 @@ thread-safe; the FUSE layer calls them from worker threads.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -18,12 +19,13 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
-from core import TOOL_NAME, codec, layout
+from core import TOOL_NAME, codec, dirindex, layout
 from core.backoff import DeltaBackoff
 from core.config import DeltaSettings
 from core.eligibility import may_delta
 from core.errors import (
     DgError,
+    IntegrityError,
     NotFound,
     PreconditionFailed,
     Stale,
@@ -422,6 +424,39 @@ class DeltaStore:
 
     def remove_dir_marker(self, logical_dir: str) -> None:
         self.store.delete(logical_dir.rstrip("/") + "/")
+
+    def marker_attrs(self, logical_dir: str) -> PosixAttrs:
+        """The attributes stored on a directory's `dir/` marker (defaults when it has none)."""
+        key = logical_dir.rstrip("/") + "/"
+        try:
+            info = self.store.head(key)
+        except NotFound:
+            return PosixAttrs()
+        return layout.posix_attrs_from(layout.decode_metadata(info.metadata or {}), key)
+
+    def remove_dir_index(self, logical_dir: str) -> None:
+        """Delete a directory's index object (it would keep an emptied directory listed)."""
+        self.store.delete(dirindex.index_key(logical_dir))
+
+    def read_link_body(self, record: ObjectRecord, limit: int) -> bytes:
+        """A symlink's stored target (one ranged GET), checked against its size limit and
+        its sha256 (IntegrityError)."""
+        data = self.store.get_bytes(record.stored_key, 0, limit)
+        if len(data) > limit:  # replaced by a large object since its HEAD
+            raise IntegrityError(f"{record.stored_key}: symlink body larger than {limit} bytes")
+        if record.sha256 and hashlib.sha256(data).hexdigest() != record.sha256:
+            raise IntegrityError(f"{record.stored_key}: symlink target fails its sha256")
+        return data
+
+    @property
+    def requests(self) -> dict[str, int]:
+        """S3 requests made so far, by operation."""
+        return dict(self.store.requests)
+
+    @property
+    def identity(self) -> str:
+        """`endpoint|bucket`: names this store's bucket across processes (cache file names)."""
+        return f"{self.store.settings.endpoint_url or 'aws'}|{self.store.bucket}"
 
     def cleanup_stale(self, stale_keys: list[str]) -> None:
         """Delete the older form of files that exist as both `x` and `x.delta`."""

@@ -30,6 +30,14 @@ ERRNO_OF: dict[type[Exception], int] = {
 }
 
 
+class ErrnoError(Exception):
+    """A failure already logged where it happened, reported to the caller as `errno`."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message or errno.errorcode.get(code, str(code)))
+        self.errno = code
+
+
 def errno_for(exc: BaseException) -> int:
     """The errno a FUSE caller sees for an exception."""
     if isinstance(exc, OSError) and exc.errno:
@@ -49,6 +57,8 @@ def guarded(fn):
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
+        except ErrnoError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
         except core_errors.NotFound:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         except (core_errors.DgError, CacheError, OSError) as exc:

@@ -221,7 +221,7 @@ def _mount_and_serve(
         failed = trio.run(_serve, ops, ready_fd)
     finally:
         pyfuse3.close(unmount=True)
-        ops.records.close()
+        ops.namespace.close()
         _write_state(
             status_path, {"pid": os.getpid(), "state": "stopped", "failed_uploads": failed}
         )
@@ -230,11 +230,13 @@ def _mount_and_serve(
 
 async def _serve(ops: DgfsOperations, ready_fd: int | None) -> list[str]:
     async with trio.open_nursery() as nursery:
-        ops.dir_stats.nursery = nursery
+        ops.namespace.dir_stats.nursery = nursery
         nursery.start_soon(_on_signals)
-        nursery.start_soon(ops.retry_failed_uploads)
-        nursery.start_soon(ops.apply_pending_attrs)
-        nursery.start_soon(ops.recover_staged)  # in the background: the mount comes up first
+        nursery.start_soon(ops.writeback.retry_failed_uploads)
+        nursery.start_soon(ops.writeback.apply_pending_attrs)
+        nursery.start_soon(
+            ops.writeback.recover_staged
+        )  # in the background: the mount comes up first
         # boto3's service models and the imports are hundreds of thousands of long-lived
         # objects: left to the cyclic GC, every full collection rescans them (measured: 80 ms
         # in the middle of a cold `ls -l` of 1,000 files). Freeze them out of its view.
@@ -243,7 +245,7 @@ async def _serve(ops: DgfsOperations, ready_fd: int | None) -> list[str]:
         _report_ready(ready_fd, "ok")
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
-    return await ops.flush_all()
+    return await ops.writeback.flush_all()
 
 
 async def _on_signals() -> None:
