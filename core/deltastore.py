@@ -12,6 +12,7 @@ import hashlib
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,11 @@ class DeltaStore:
         self.workdir = Path(tempfile.mkdtemp(prefix="dgfs-work-")) if workdir is None else workdir
         self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.backoff = DeltaBackoff()
+        # for metrics: xdelta3 attempts, files stored as deltas, original - delta bytes
+        self.delta_attempts = 0
+        self.delta_stored = 0
+        self.delta_saved_bytes = 0
+        self._counts_lock = threading.Lock()
         self.hidden_heads = stream.HiddenHeads(self.head_record)  # stream walks
         self.references = References(store, self.head_record, tool, self.scratch)
         self.reader = Reader(store, cache, self.workdir, self.hidden_heads)
@@ -164,6 +170,7 @@ class DeltaStore:
         ):
             record = self._put_delta_checked(src, logical_key, prefix, name, size, sha, extra)
             self.backoff.record(prefix, name, paid=record is not None)
+            self._count_delta(size, record)
         if record is None:
             meta = layout.fit_metadata(
                 {**layout.direct_metadata(self.tool, name, sha, size), **extra}
@@ -173,6 +180,14 @@ class DeltaStore:
         if not known_new:
             self._remove_other_form(logical_key, record.kind, previous)
         return record
+
+    def _count_delta(self, size: int, record: ObjectRecord | None) -> None:
+        """One xdelta3 attempt and, if it paid, the bytes it saved (uploads run in threads)."""
+        with self._counts_lock:
+            self.delta_attempts += 1
+            if record is not None and record.kind is Kind.DELTA:
+                self.delta_stored += 1
+                self.delta_saved_bytes += max(0, size - record.stored_size)
 
     def put_if_unchanged(
         self, src: Path, logical_key: str, attrs: PosixAttrs, base: tuple[str, str] | None

@@ -46,6 +46,13 @@ _DENIED = {
     "ExpiredToken",
     "AllAccessDisabled",
 }
+# the `outcome` label of a failed request (dgfs_s3_requests_total); anything else is "error"
+_OUTCOME_OF = {
+    NotFound: "not_found",
+    BucketNotFound: "not_found",
+    AccessDenied: "denied",
+    PreconditionFailed: "precondition_failed",
+}
 _STREAM_ERRORS = (
     bce.ReadTimeoutError,
     bce.ResponseStreamingError,
@@ -169,6 +176,10 @@ class ObjectStore:
         )
         self._lock = threading.Lock()
         self.requests: collections.Counter[str] = collections.Counter()
+        # for metrics (dgfs/metrics.py): requests by (kind, outcome), body bytes each way
+        self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.bytes_uploaded = 0
+        self.bytes_downloaded = 0
         # False on servers that ignore `If-None-Match: *` (core/capabilities.py probes it):
         # conditional creates then go through capabilities.create_then_verify
         self.conditional_put = True
@@ -178,6 +189,25 @@ class ObjectStore:
     def _count(self, op: str) -> None:
         with self._lock:
             self.requests[op] += 1
+
+    def _outcome(self, op: str, outcome: str) -> None:
+        with self._lock:
+            self.outcomes[(op, outcome)] += 1
+
+    def _add_bytes(self, uploaded: int = 0, downloaded: int = 0) -> None:
+        with self._lock:
+            self.bytes_uploaded += uploaded
+            self.bytes_downloaded += downloaded
+
+    def counters(self) -> tuple[dict[str, int], dict[tuple[str, str], int], int, int]:
+        """A consistent copy: requests by kind, by (kind, outcome), bytes up, bytes down."""
+        with self._lock:
+            return (
+                dict(self.requests),
+                dict(self.outcomes),
+                self.bytes_uploaded,
+                self.bytes_downloaded,
+            )
 
     def _map(self, exc: Exception, key: str | None) -> Exception:
         where = f"s3://{self.bucket}/{key}" if key is not None else f"s3://{self.bucket}"
@@ -205,9 +235,16 @@ class ObjectStore:
     def _call(self, op: str, key: str | None, fn, **kwargs):
         self._count(op)
         try:
-            return fn(**kwargs)
+            result = fn(**kwargs)
         except (bce.ClientError, bce.BotoCoreError) as exc:
-            raise self._map(exc, key) from None
+            mapped = self._map(exc, key)
+            self._outcome(op, _OUTCOME_OF.get(type(mapped), "error"))
+            raise mapped from None
+        except BaseException:
+            self._outcome(op, "error")
+            raise
+        self._outcome(op, "ok")
+        return result
 
     def call_raw(self, op: str, key: str | None, **kwargs) -> dict:
         """One boto3 client call by name on this bucket, errors mapped (capability probes)."""
@@ -253,11 +290,14 @@ class ObjectStore:
         for attempt in range(DOWNLOAD_ATTEMPTS):
             r = self._call("get", key, self._client.get_object, **kwargs)
             try:
-                return r["Body"].read()
+                data = r["Body"].read()
             except _STREAM_ERRORS as exc:
                 if attempt == DOWNLOAD_ATTEMPTS - 1:
                     raise self._map(exc, key) from None
                 log.warning("get %s: stream broke (%s), retrying", key, exc)
+                continue
+            self._add_bytes(downloaded=len(data))
+            return data
         raise AssertionError("unreachable")
 
     def download(self, key: str, out: BinaryIO) -> tuple[ObjectInfo, str]:
@@ -273,6 +313,7 @@ class ObjectStore:
                 for chunk in r["Body"].iter_chunks(STREAM_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
+                    self._add_bytes(downloaded=len(chunk))
             except _STREAM_ERRORS as exc:
                 if attempt == DOWNLOAD_ATTEMPTS - 1:
                     raise self._map(exc, key) from None
@@ -320,7 +361,9 @@ class ObjectStore:
         kwargs = {"Bucket": self.bucket, "Key": key, "Body": data, **self._extra_put_args(metadata)}
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
-        return self._call("put", key, self._client.put_object, **kwargs)["ETag"]
+        etag = self._call("put", key, self._client.put_object, **kwargs)["ETag"]
+        self._add_bytes(uploaded=len(data))
+        return etag
 
     def put_file(
         self,
@@ -363,6 +406,7 @@ class ObjectStore:
                     **extra,
                     **self._extra_put_args(metadata),
                 )
+            self._add_bytes(uploaded=size)
             return _stamp_of(response)
         self._call(
             "multipart_put",
@@ -374,6 +418,7 @@ class ObjectStore:
             ExtraArgs=self._extra_put_args(metadata),
             Config=self._transfer,
         )
+        self._add_bytes(uploaded=size)
         return None
 
     def copy(

@@ -220,6 +220,10 @@ def _mount_options(f):
             help="Default: DG_LOG_LEVEL or INFO.",
         ),
         click.option("--log-file", type=click.Path(path_type=Path), help="Log here, not stderr."),
+        click.option(
+            "--metrics-addr",
+            help="Serve Prometheus metrics on HOST:PORT (127.0.0.1:9101; needs dgfs[metrics]).",
+        ),
         click.option("-o", "o_options", multiple=True, help="Mount options: opt[=val],…"),
         click.option("--ready-fd", type=int, hidden=True),
     ]

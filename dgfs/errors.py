@@ -6,11 +6,13 @@ import errno
 import functools
 import inspect
 import logging
+import time
 
 import pyfuse3
 
 from core import errors as core_errors
 from core.cache import CacheError
+from dgfs import opstats
 
 log = logging.getLogger("dgfs.fs")
 
@@ -49,12 +51,18 @@ def errno_for(exc: BaseException) -> int:
 
 
 def guarded(fn):
-    """Turn any exception of a handler into FUSEError(errno), logging real failures once."""
+    """Turn any exception of a handler into FUSEError(errno), logging real failures once;
+    every call's latency and outcome go to opstats (the FUSE operation metrics)."""
+    op = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        failed = True
         try:
-            return await fn(*args, **kwargs)
+            result = await fn(*args, **kwargs)
+            failed = False
+            return result
         except pyfuse3.FUSEError:
             raise
         except ErrnoError as exc:
@@ -63,11 +71,13 @@ def guarded(fn):
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         except (core_errors.DgError, CacheError, OSError) as exc:
             code = errno_for(exc)
-            log.warning("%s: %s (%s)", fn.__name__, exc, errno.errorcode.get(code, code))
+            log.warning("%s: %s (%s)", op, exc, errno.errorcode.get(code, code))
             raise pyfuse3.FUSEError(code) from None
         except Exception:
-            log.exception("%s: unexpected error", fn.__name__)
+            log.exception("%s: unexpected error", op)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            opstats.record(op, time.perf_counter() - start, failed)
 
     return wrapper
 

@@ -32,6 +32,7 @@ from core.deltastore import DeltaStore
 from core.errors import DgError
 from core.objectstore import ObjectStore
 from core.proc import pid_alive
+from dgfs import sdnotify
 from dgfs.fs import DgfsOperations
 from dgfs.options import FsOptions
 from dgfs.staging import StagingArea
@@ -59,6 +60,7 @@ class MountConfig:
     allow_other: bool = False
     nonempty: bool = False
     fuse_options: list[str] = field(default_factory=list)
+    metrics_addr: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
 
     def store(self) -> StoreConfig:
         """What core needs to serve the bucket (core/assembly.py)."""
@@ -184,14 +186,21 @@ def run_foreground(cfg: MountConfig, ready_fd: int | None = None) -> int:
     except MountError as exc:
         _report_ready(ready_fd, f"error: {exc}")
         raise
+    try:
+        exporter = _start_metrics(cfg)
+    except MountError as exc:
+        _report_ready(ready_fd, f"error: {exc}")
+        raise
     staging = StagingArea(cfg.fs.cache_base, cfg.bucket, cfg.s3.endpoint_url or "aws")
     failed: list[str] | None = None  # None: serving ended abnormally; staged data is kept
     try:
         work = staging.path / "work"
         with open_store(cfg.store(), work, check_bucket=False, conditional_put=cond) as store:
-            failed = _mount_and_serve(cfg, store, staging, ready_fd)
+            failed = _mount_and_serve(cfg, store, staging, ready_fd, exporter)
     finally:
         staging.close(keep=failed != [])
+        if exporter is not None:
+            exporter.close()
     if failed:
         log.error(
             "unmounted with %d upload(s) not done: %s (staged data kept in %s)",
@@ -204,11 +213,32 @@ def run_foreground(cfg: MountConfig, ready_fd: int | None = None) -> int:
     return 0
 
 
+def _start_metrics(cfg: MountConfig):
+    """The Prometheus endpoint (dgfs/metrics.py) when asked for, bound before mounting."""
+    if cfg.metrics_addr is None:
+        return None
+    from dgfs import metrics
+
+    try:
+        metrics.check_available()
+        return metrics.Exporter(*cfg.metrics_addr)
+    except (ValueError, OSError) as exc:
+        raise MountError(str(exc) if isinstance(exc, ValueError) else exc.strerror) from None
+
+
 def _mount_and_serve(
-    cfg: MountConfig, store: DeltaStore, staging: StagingArea, ready_fd: int | None
+    cfg: MountConfig,
+    store: DeltaStore,
+    staging: StagingArea,
+    ready_fd: int | None,
+    exporter=None,
 ) -> list[str]:
     """Mount `store` and serve until unmounted; returns the uploads that did not succeed."""
     ops = DgfsOperations(store, store.cache, cfg.fs, staging)
+    if exporter is not None:
+        src = exporter.sources
+        src.bucket, src.prefix, src.mountpoint = cfg.bucket, cfg.fs.prefix, str(cfg.mountpoint)
+        src.store, src.cache, src.writeback = store, store.cache, ops.writeback
     status_path = state_file(cfg.mountpoint)  # before mounting: resolve() would stat the mount
     try:
         pyfuse3.init(ops, str(cfg.mountpoint), fuse_options(cfg))
@@ -217,8 +247,9 @@ def _mount_and_serve(
         raise MountError(f"cannot mount {cfg.mountpoint}: {exc}") from None
     _write_state(status_path, {"pid": os.getpid(), "bucket": cfg.bucket, "state": "mounted"})
     failed: list[str] = []
+    where = f"s3://{cfg.bucket}/{cfg.fs.prefix} on {cfg.mountpoint}"
     try:
-        failed = trio.run(_serve, ops, ready_fd)
+        failed = trio.run(_serve, ops, ready_fd, where, exporter)
     finally:
         pyfuse3.close(unmount=True)
         ops.namespace.close()
@@ -228,7 +259,9 @@ def _mount_and_serve(
     return failed
 
 
-async def _serve(ops: DgfsOperations, ready_fd: int | None) -> list[str]:
+async def _serve(ops: DgfsOperations, ready_fd: int | None, where: str = "", exporter=None):
+    if exporter is not None:
+        exporter.sources.trio_token = trio.lowlevel.current_trio_token()
     async with trio.open_nursery() as nursery:
         ops.namespace.dir_stats.nursery = nursery
         nursery.start_soon(_on_signals)
@@ -243,9 +276,37 @@ async def _serve(ops: DgfsOperations, ready_fd: int | None) -> list[str]:
         gc.collect()
         gc.freeze()
         _report_ready(ready_fd, "ok")
+        if sdnotify.enabled():
+            sdnotify.notify("READY=1", f"MAINPID={os.getpid()}", _status_text(ops, where))
+            nursery.start_soon(_notify_status, ops, where)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+    if sdnotify.enabled():
+        uploads, _ = ops.writeback.pending_keys()
+        sdnotify.notify("STOPPING=1", f"STATUS=unmounting: {len(uploads)} upload(s) to finish")
     return await ops.writeback.flush_all()
+
+
+NOTIFY_STATUS_SECONDS = 5.0
+
+
+def _status_text(ops: DgfsOperations, where: str) -> str:
+    """systemd's STATUS= line (`systemctl status` shows it)."""
+    uploads, _ = ops.writeback.pending_keys()
+    failed = len(ops.writeback.failed_uploads)
+    return f"STATUS=serving {where}: {len(uploads)} upload(s) pending, {failed} failed"
+
+
+async def _notify_status(ops: DgfsOperations, where: str) -> None:
+    """STATUS= every few seconds while serving (with WATCHDOG=1 when the unit wants one)."""
+    interval = float(os.environ.get("DG_NOTIFY_INTERVAL") or NOTIFY_STATUS_SECONDS)
+    watchdog = sdnotify.watchdog_interval()
+    if watchdog is not None:
+        interval = min(interval, watchdog)
+    while True:
+        await trio.sleep(interval)
+        fields = ["WATCHDOG=1"] if watchdog is not None else []
+        sdnotify.notify(*fields, _status_text(ops, where))
 
 
 async def _on_signals() -> None:

@@ -141,6 +141,15 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
             fs.umask = int(str(opts["umask"]), 8)
         except ValueError:
             raise ConfigProblem(f"umask {opts['umask']!r} is not octal") from None
+    metrics_addr = None
+    if opts.get("metrics_addr"):
+        from dgfs import metrics
+
+        try:
+            metrics_addr = metrics.parse_addr(opts["metrics_addr"])
+            metrics.check_available()
+        except ValueError as exc:
+            raise ConfigProblem(str(exc)) from None
     cfg = MountConfig(
         bucket=bucket,
         mountpoint=mountpoint,
@@ -150,5 +159,6 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
         fs=fs,
         allow_other=bool(opts.get("allow_other")),
         nonempty=bool(opts.get("nonempty")),
+        metrics_addr=metrics_addr,
     )
     return cfg, bool(opts.get("foreground")), opts.get("ready_fd")

