@@ -10,7 +10,9 @@ import gzip
 import hashlib
 import io
 import random
+import shutil
 import struct
+import subprocess
 import tarfile
 import time
 import zipfile
@@ -304,3 +306,13 @@ def test_real_wheel_pair(tmp_path):
         pytest.skip("no pip wheels in data/bench-cache")
     raw, canonical = _series_deltas(tmp_path, pair[0][0], pair[1][0])
     assert canonical < raw / 2, (raw, canonical)
+
+
+@pytest.mark.skipif(shutil.which("gzip") is None, reason="no gzip binary")
+def test_gnu_gzip_output_round_trips(tmp_path):
+    text = tmp_path / "t.json"
+    text.write_bytes(_text(120, 400_000))
+    subprocess.run(["gzip", "-9", "-k", "-f", str(text)], check=True)
+    data = (tmp_path / "t.json.gz").read_bytes()
+    result = _round_trip(tmp_path, data)
+    assert result is None or result.inflated + result.kept > 0

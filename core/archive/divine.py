@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from core.archive.zpin import Params
 
-_LEVELS = (6, 9, 1, 2, 3, 4, 5, 7, 8, 0)
+# Level 0 is left out: its stored blocks depend on how input is split between deflate() calls,
+# and a stored stream is already as good as inflated for xdelta3.
+_LEVELS = (6, 9, 1, 2, 3, 4, 5, 7, 8)
 CANDIDATES: tuple[Params, ...] = tuple(Params(lvl, mem) for mem in (8, 9) for lvl in _LEVELS)
 COMMON: tuple[Params, ...] = (Params(6, 8), Params(9, 8))
 FRUITLESS_SEARCHES = 2  # full searches that found nothing before only known parameters are tried

@@ -99,7 +99,12 @@ def available() -> bool:
 
 
 class Deflater:
-    """One raw deflate stream of the pinned zlib; feed with compress(), end with finish()."""
+    """One raw deflate stream of the pinned zlib; feed with compress(), end with finish().
+
+    For levels 1-9 the output does not depend on how the input is split between calls.
+    """
+
+    _open = False
 
     def __init__(self, params: Params) -> None:
         lib = _load()
@@ -110,7 +115,6 @@ class Deflater:
         self._lib = lib
         self._z = _ZStream()
         self._buf = ctypes.create_string_buffer(_OUT)
-        self._open = False
         rc = lib.deflateInit2_(
             ctypes.byref(self._z),
             params.level,
