@@ -9,7 +9,6 @@ from typing import BinaryIO
 
 from core.archive import zpin
 from core.archive.containers import Context, region
-from core.archive.divine import Diviner
 from core.archive.limits import DEFAULT_LIMITS, Budget, Limits, OverLimit
 from core.archive.writer import Writer
 
@@ -42,7 +41,7 @@ def canonicalize(src: Path, out: Path, limits: Limits = DEFAULT_LIMITS) -> Canon
     try:
         with src.open("rb") as f, out.open("wb") as o:
             writer = Writer(o, zpin.IMPLEMENTATION)
-            ctx = Context(writer, Diviner(), Budget(limits, size), out.parent)
+            ctx = Context(writer, Budget(limits, size), out.parent)
             region(ctx, f, 0, size, 0)
             if writer.inflated:
                 digest = writer.finish(size, _sha256(f))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,7 +23,7 @@ GZIP_MAGIC = b"\x1f\x8b\x08"
 ZIP_MAGIC = b"PK\x03\x04"
 SPOOL_MEMORY = 8 << 20  # inflated bytes of one stream held in memory before spilling to disk
 _LOCAL = struct.Struct("<4s22xHH")  # signature ... name length, extra length
-_FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
+_FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 2, 4, 8, 16
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, OverflowError)
 
 
@@ -32,9 +32,14 @@ class Context:
     """What every region of one input shares."""
 
     writer: Writer
-    diviner: Diviner
     budget: Budget
     scratch: Path
+    diviners: dict[int, Diviner] = field(default_factory=dict)  # per depth: one encoder each
+
+    def diviner(self, depth: int) -> Diviner:
+        """The parameter order for streams at `depth` (a wheel's members and its nested
+        .gz files come from different encoders)."""
+        return self.diviners.setdefault(depth, Diviner())
 
 
 def region(ctx: Context, f: BinaryIO, start: int, end: int, depth: int) -> None:
@@ -62,7 +67,7 @@ def _stream(ctx: Context, f: BinaryIO, start: int, limit: int, kind: str, depth:
     inflate cleanly: then nothing was written)."""
     ctx.budget.member()
     with tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=ctx.scratch) as spool:
-        outcome = reproduce(f, start, limit, ctx.diviner, ctx.budget, spool)
+        outcome = reproduce(f, start, limit, ctx.diviner(depth), ctx.budget, spool)
         if outcome.end is None:
             return start
         if outcome.params is None:

@@ -65,7 +65,7 @@ class _Source:
                 return out
         if self.end is None:
             self.end = self._read - len(self._inflater.unused_data)
-            del self.original[self.end - self.start - self.dropped :]
+            del self.original[max(0, self.end - self.start - self.dropped) :]
         return None
 
     def drop_before(self, pos: int) -> None:
@@ -115,7 +115,7 @@ class _Replay:
     def finish(self, src: _Source) -> bool:
         if not self._compare(self._deflater.finish(), src):
             return False
-        return not self._ahead and self.pos == len(src.original) + src.dropped
+        return not self._ahead and src.end is not None and self.pos == src.end - src.start
 
     def close(self) -> None:
         self._deflater.close()
