@@ -57,7 +57,9 @@ def _zip(members: dict[str, tuple[bytes, int]], **kwargs) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", **kwargs) as z:
         for name, (data, method) in members.items():
-            z.writestr(name, data, compress_type=method)
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))  # not the clock
+            info.compress_type = method
+            z.writestr(info, data)
     return buf.getvalue()
 
 
