@@ -53,13 +53,12 @@ def _round_trip(tmp_path: Path, data: bytes, limits: Limits = DEFAULT_LIMITS):
     return result
 
 
-def _zip(members: dict[str, tuple[bytes, int]], **kwargs) -> bytes:
+def _zip(members: dict[str, tuple[bytes, int]], level: int | None = None) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", **kwargs) as z:
+    with zipfile.ZipFile(buf, "w") as z:
         for name, (data, method) in members.items():
             info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))  # not the clock
-            info.compress_type = method
-            z.writestr(info, data)
+            z.writestr(info, data, compress_type=method, compresslevel=level)
     return buf.getvalue()
 
 
@@ -96,11 +95,12 @@ def test_zip_stored_and_deflated_members(tmp_path):
     assert result.inflated >= 250_000 and result.kept == 0
 
 
-@pytest.mark.parametrize("level", [1, 6, 9])
-def test_zip_levels_divined(tmp_path, level):
-    data = _zip({"a": (_text(4, 300_000), zipfile.ZIP_DEFLATED)}, compresslevel=level)
-    result = _round_trip(tmp_path, data)
-    assert result is not None and result.kept == 0
+def test_zip_levels_divined(tmp_path):
+    zips = [_zip({"a": (_text(4, 300_000), zipfile.ZIP_DEFLATED)}, level) for level in (1, 6, 9)]
+    assert len(set(zips)) == 3
+    for data in zips:
+        result = _round_trip(tmp_path, data)
+        assert result is not None and result.kept == 0
 
 
 def test_zip64(tmp_path):
