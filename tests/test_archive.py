@@ -318,3 +318,17 @@ def test_gnu_gzip_output_round_trips(tmp_path):
     data = (tmp_path / "t.json.gz").read_bytes()
     result = _round_trip(tmp_path, data)
     assert result is None or result.inflated + result.kept > 0
+
+
+def test_zip_inside_gzip_and_stored_zip_inside_zip(tmp_path):
+    inner = _zip({"a.txt": (_text(130, 60_000), 8), "b.txt": (_text(131, 60_000), 8)})
+    result = _round_trip(tmp_path, gzip.compress(inner, mtime=0))
+    assert result.transform == "gzip+zip" and result.kept == 0
+    outer = _zip({"lib/inner.jar": (inner, zipfile.ZIP_STORED), "c": (_text(132, 9_000), 8)})
+    assert _round_trip(tmp_path, outer).transform == "zip"
+
+
+def test_rebuild_bounds_nesting(tmp_path):
+    _canonical(tmp_path)  # a zip holding a .gz: one nested record
+    with pytest.raises(ArchiveError, match="nests too deep"):
+        rebuild(tmp_path / "canon", tmp_path / "out", Limits(max_depth=1))
