@@ -46,18 +46,19 @@ def main(paths: list[str]) -> None:
                 counts.update(reproduced=0, kept=0)
                 src = Path(name)
                 out = work / (src.name + ".canon")
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 result = canonicalize(src, out)
-                took = time.perf_counter() - started
-                started = time.perf_counter()
+                took = time.perf_counter() - started, time.process_time() - cpu
+                started, cpu = time.perf_counter(), time.process_time()
                 rebuild(out, work / "back")
-                rebuilt = time.perf_counter() - started
+                rebuilt = time.perf_counter() - started, time.process_time() - cpu
                 same = (work / "back").read_bytes() == src.read_bytes()
                 print(
                     f"{src.name}: {src.stat().st_size} B -> {result.size} B {result.transform}, "
                     f"inflated {result.inflated}, kept {result.kept}; streams reproduced "
-                    f"{counts['reproduced']}, kept {counts['kept']}; canonicalize {took:.2f} s, "
-                    f"rebuild {rebuilt:.2f} s, identical {same}"
+                    f"{counts['reproduced']}, kept {counts['kept']}; canonicalize {took[0]:.2f} s "
+                    f"({took[1]:.2f} s CPU), rebuild {rebuilt[0]:.2f} s ({rebuilt[1]:.2f} s CPU), "
+                    f"identical {same}"
                 )
                 canon[name] = out
             raw = _delta(Path(old), Path(new), work / "raw.delta")
