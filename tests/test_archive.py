@@ -332,3 +332,20 @@ def test_rebuild_bounds_nesting(tmp_path):
     _canonical(tmp_path)  # a zip holding a .gz: one nested record
     with pytest.raises(ArchiveError, match="nests too deep"):
         rebuild(tmp_path / "canon", tmp_path / "out", Limits(max_depth=1))
+
+
+def test_pinned_deflate_output_does_not_depend_on_chunking():
+    """canonicalize feeds inflated bytes in pieces of varying size, rebuild in 1 MiB pieces."""
+    data = _text(140, 150_000) + random.Random(141).randbytes(60_000) + bytes(50_000)
+    rng = random.Random(142)
+    for level in (1, 4, 6, 9):
+        for mem_level in (8, 9):
+            whole = zpin.Deflater(zpin.Params(level, mem_level))
+            expected = whole.compress(data) + whole.finish()
+            pieces = zpin.Deflater(zpin.Params(level, mem_level))
+            out, pos = [], 0
+            while pos < len(data):
+                n = rng.choice([7, 100, 4096, rng.randrange(1, 50_000)])
+                out.append(pieces.compress(data[pos : pos + n]))
+                pos += n
+            assert b"".join(out) + pieces.finish() == expected, (level, mem_level)
