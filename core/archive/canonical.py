@@ -34,9 +34,9 @@ def canonicalize(src: Path, out: Path, limits: Limits = DEFAULT_LIMITS) -> Canon
     None (and `out` removed) when nothing was inflated: not a zip or gzip container, no
     stream re-deflates exactly, a limit would be exceeded, or the pinned zlib is missing.
     """
-    if not zpin.available():
-        return None
     size = src.stat().st_size
+    if not zpin.available() or size > limits.max_inflated:  # rebuild refuses larger ones
+        return None
     digest = None
     try:
         with src.open("rb") as f, out.open("wb") as o:
