@@ -7,7 +7,15 @@ the original bytes back, re-deflating with the pinned zlib (core.archive.zpin).
 
 from core.archive.canonical import Canonical, canonicalize
 from core.archive.limits import DEFAULT_LIMITS, Limits
-from core.archive.rebuild import rebuild
+from core.archive.rebuild import rebuild, rebuilt_sha256
 from core.errors import ArchiveError
 
-__all__ = ["DEFAULT_LIMITS", "ArchiveError", "Canonical", "Limits", "canonicalize", "rebuild"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "ArchiveError",
+    "Canonical",
+    "Limits",
+    "canonicalize",
+    "rebuild",
+    "rebuilt_sha256",
+]

@@ -28,7 +28,19 @@ def rebuild(canonical: Path, out: Path, limits: Limits = DEFAULT_LIMITS) -> None
         raise
 
 
-def _rebuild(f: BinaryIO, o: BinaryIO, limits: Limits) -> None:
+def rebuilt_sha256(canonical: Path, limits: Limits = DEFAULT_LIMITS) -> str:
+    """Rebuild `canonical` without writing it anywhere: the SHA-256 of the original it gives
+    (checked against its trailer as rebuild() does); ArchiveError as rebuild()."""
+    with canonical.open("rb") as f:
+        return _rebuild(f, _Discard(), limits)
+
+
+class _Discard:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _rebuild(f: BinaryIO, o: BinaryIO, limits: Limits) -> str:
     total = f.seek(0, 2)
     if total < fmt.TRAILER_SIZE:
         raise ArchiveError("canonical form truncated")
@@ -48,6 +60,7 @@ def _rebuild(f: BinaryIO, o: BinaryIO, limits: Limits) -> None:
         raise ArchiveError("canonical form has bytes after its records")
     if out.written != size or out.sha.digest() != trailer[9:]:
         raise ArchiveError("canonical form rebuilds to other bytes (size or sha256 mismatch)")
+    return out.sha.hexdigest()
 
 
 def _check_header(reader: _Reader) -> None:
