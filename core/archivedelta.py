@@ -33,6 +33,7 @@ from core.scratch import private_dir
 log = logging.getLogger("dgfs.archive")
 
 TRANSFORM_VERSION = "1"
+TRY_ABOVE = 0.2  # an archive delta is tried when the byte delta is over 20 % of the file
 MEMO_SIZE = 512  # references whose canonical form (or "not an archive") is remembered
 _UNKNOWN = object()
 
@@ -133,27 +134,29 @@ def encode(store, ref_path: Path, ref_sha: str, src: Path, sha: str, delta: Path
            limit: int | None, name: str = "") -> dict[str, str] | None:  # fmt: skip
     """The delta of `src` (sha256 `sha`) against the raw reference `ref_path` into `delta`.
 
-    An archive delta when `archive_deltas` is on, both canonicalize in one container family
-    and it is smaller than the byte delta: returns its metadata (core/layout META_TRANSFORM
-    …). Else the byte delta: returns {}. None: no delta within `limit` bytes (store direct).
-    Either delta was decoded back and checked before this returns.
+    The byte delta first (bounded by `limit`). When `archive_deltas` is on and that delta is
+    over TRY_ABOVE × the file or abandoned, an archive delta is tried, bounded by the byte
+    delta: it needs both files to canonicalize in one container family, and replaces the byte
+    delta only when smaller. Returns the archive delta's metadata (core/layout
+    META_TRANSFORM …), or {} for a byte delta; None when no delta fits in `limit` bytes
+    (store direct). Either delta was decoded back and checked before this returns.
     """
-    archive = None
-    if getattr(store.settings, "archive_deltas", False) and ref_sha != sha:
-        archive = _archive(store, ref_path, ref_sha, src, sha, delta, limit, name)
-    if archive is None:
+    if not getattr(store.settings, "archive_deltas", False) or ref_sha == sha:
         return None if codec.encode(ref_path, src, delta, sha, limit) is None else {}
-    adelta, meta = archive
     started = time.perf_counter()
-    try:  # bounded by the archive delta: abandoned early when it is larger, as it usually is
-        smaller = codec.encode(ref_path, src, delta, sha, adelta.stat().st_size) is not None
+    try:
+        byte = codec.encode(ref_path, src, delta, sha, limit)
     except codec.RoundTripMismatch as exc:
-        log.warning("%s: byte delta does not decode back (%s); archive delta", name, exc)
-        smaller = False
-    _charge("byte delta (bounded)", started)
-    if smaller:
-        adelta.unlink()
-        return {}
+        log.warning("%s: byte delta does not decode back (%s)", name, exc)
+        byte = None
+    _charge("byte delta", started)
+    if byte is not None and byte <= TRY_ABOVE * src.stat().st_size:
+        return {}  # small already: not worth an archive's CPU (canonicalize, rebuild)
+    bound = limit if byte is None else byte - 1
+    archive = _archive(store, ref_path, ref_sha, src, sha, delta, bound, name)
+    if archive is None:
+        return None if byte is None else {}
+    adelta, meta = archive
     os.replace(adelta, delta)
     return meta
 
