@@ -276,6 +276,7 @@ def reconstruct(reader, record, base: Path, out: Path) -> None:
             raise IntegrityError(f"{key}: reference canonical form: {exc}") from None
         with delta.open("wb") as f:
             reader.objects.download(key, f)
+        started = time.perf_counter()
         try:
             codec.decode(ref_canon, delta, canon, canon_size)
         except NoSpace:
@@ -284,10 +285,12 @@ def reconstruct(reader, record, base: Path, out: Path) -> None:
             raise IntegrityError(f"{key}: cannot decode archive delta ({exc})") from None
         if sha256_file(canon) != canon_sha:
             raise IntegrityError(f"{key}: decoded canonical form sha256 mismatch")
+        started = _charge("read: decode + check", started)
         try:
             rebuild(canon, out)
         except ArchiveError as exc:
             raise IntegrityError(f"{key}: cannot rebuild archive ({exc})") from None
+        _charge("read: rebuild", started)
     if sha256_file(out) != record.sha256:
         out.unlink(missing_ok=True)
         raise IntegrityError(f"{key}: rebuilt archive sha256 mismatch")

@@ -89,6 +89,7 @@ def run(s3, paths: list[Path], archive: bool, tmp: Path) -> dict:
             first = time.perf_counter() - t
         finally:
             reader.close()
+    read_phases = dict(archivedelta.PHASE_SECONDS)
     listed = [o for page in objects.list_pages("rel/", None) for o in page.objects]
     return {
         "stored": sum(o.size for o in listed),
@@ -97,6 +98,7 @@ def run(s3, paths: list[Path], archive: bool, tmp: Path) -> dict:
         "read_s": read / len(paths),
         "first_read_s": first,
         "write_phases": {k: round(v, 2) for k, v in write_phases.items()},
+        "read_phases": {k: round(v, 2) for k, v in read_phases.items()},
     }
 
 
@@ -152,6 +154,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"| {r['series']} | | | zstd -19 --long=31 limit | {r['zstd'] / o:.3f} | 1.00 |||")
     for r in rows:
         print(f"\n{r['series']} archive write phases (s, whole series): {r['on']['write_phases']}")
+        print(f"{r['series']} archive read phases (s, in-order + first): {r['on']['read_phases']}")
 
 
 if __name__ == "__main__":
