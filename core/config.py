@@ -70,8 +70,9 @@ class DeltaSettings:
     no_delta_patterns: tuple[str, ...] = field(default_factory=tuple)
     reference_policy: str = "deltaglider"  # deltaglider | adaptive | adaptive-compatible
     # dgfs-only archive deltas (core/archivedelta.py): zip/gzip files diffed by their inflated
-    # content when that is smaller; off: every delta is deltaglider-readable
-    archive_deltas: bool = True
+    # content when that is smaller. Off by default (measured: docs/benchmarks.md; reads of
+    # such files take seconds of re-deflating), so every delta stays deltaglider-readable
+    archive_deltas: bool = False
 
 
 def _flag(value: str) -> bool:

@@ -189,8 +189,9 @@ def _mount_options(f):
         click.option(
             "--archive-deltas/--no-archive-deltas",
             default=None,
-            help="Diff zip/gzip files by their inflated content when smaller (dgfs-only"
-            " deltas; default: DG_ARCHIVE_DELTAS or on). Off: deltaglider reads every file.",
+            help="Diff zip/wheel/jar/.tar.gz files by their inflated content when that is"
+            " smaller (dgfs-only deltas, slower to write and read; default: DG_ARCHIVE_DELTAS"
+            " or off, so deltaglider reads every file).",
         ),
         click.option(
             "--exclude",

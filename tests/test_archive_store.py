@@ -212,7 +212,7 @@ def test_archive_deltas_off_writes_deltaglider_readable_deltas(objectstore, tmp_
 
 
 def test_setting_from_env_and_mount_options():
-    assert DeltaSettings().archive_deltas is True
+    assert DeltaSettings().archive_deltas is False  # default: deltaglider-readable deltas
     assert delta_settings_from_env({"DG_ARCHIVE_DELTAS": "0"}).archive_deltas is False
     assert delta_settings_from_env({"DG_ARCHIVE_DELTAS": "on"}).archive_deltas is True
     assert (
@@ -241,7 +241,7 @@ def test_mount_series_read_back_cold(mounter, bucket, tmp_path):
             name = f"pkg-1.{v}{suffix}"
             (local / name).write_bytes(make(v))
             names.append(name)
-    m = mounter(bucket)
+    m = mounter(bucket, "mnt", "--archive-deltas")
     for sub in ("wheels", "sdists"):  # one reference per directory (deltaglider layout)
         (m.path / sub).mkdir()
     where = {n: "wheels" if n.endswith(".whl") else "sdists" for n in names}
@@ -251,7 +251,7 @@ def test_mount_series_read_back_cold(mounter, bucket, tmp_path):
     assert _getfattr(m.path / "sdists/pkg-1.1.tar.gz", "user.dg.transform") == "gzip"
     assert int(_getfattr(m.path / "wheels/pkg-1.2.whl", "user.dg.inflated")) > 100_000
     assert m.umount().returncode == 0
-    fresh = mounter(bucket, "fresh", cache="cold")
+    fresh = mounter(bucket, "fresh", "-o", "archive_deltas=0", cache="cold")  # reads anyway
     for name in names:
         got = fresh.path / where[name] / name
         subprocess.run(["cmp", str(local / name), str(got)], check=True)
