@@ -69,6 +69,10 @@ class DeltaSettings:
     extensions_only: bool = False
     no_delta_patterns: tuple[str, ...] = field(default_factory=tuple)
     reference_policy: str = "deltaglider"  # deltaglider | adaptive | adaptive-compatible
+    # dgfs-only archive deltas (core/archivedelta.py): zip/gzip files diffed by their inflated
+    # content when that is smaller. Off by default (measured: docs/benchmarks.md; reads of
+    # such files take seconds of re-deflating), so every delta stays deltaglider-readable
+    archive_deltas: bool = False
 
 
 def _flag(value: str) -> bool:
@@ -85,6 +89,18 @@ def dir_index_enabled(
     env = os.environ if env is None else env
     text = value if value is not None else env.get("DG_DIR_INDEX", "1")
     return _flag(text) if text.strip() else True
+
+
+def flag_value(value: bool | str | None) -> bool | None:
+    """A flag given as a bool or as `-o` text (1/0, true/false, yes/no, on/off); None: unset."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on", ""):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{value!r} is not a flag value (1/0, on/off, true/false, yes/no)")
 
 
 def _number(name: str, value: str, kind: type = float) -> float | int:
@@ -123,7 +139,7 @@ def s3_settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> S
 
 def delta_settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> DeltaSettings:
     """Delta policy from `DG_MAX_RATIO`, `DG_MIN_DELTA_SIZE`, `DG_DELTA_EXTENSIONS_ONLY`,
-    `DG_REFERENCE_POLICY`."""
+    `DG_REFERENCE_POLICY`, `DG_ARCHIVE_DELTAS`."""
     env = os.environ if env is None else env
     values: dict = {}
     if env.get("DG_MAX_RATIO"):
@@ -139,7 +155,11 @@ def delta_settings_from_env(env: Mapping[str, str] | None = None, **overrides) -
         values["no_delta_patterns"] = tuple(p for p in env["DG_NO_DELTA"].split(",") if p)
     if env.get("DG_REFERENCE_POLICY"):
         values["reference_policy"] = env["DG_REFERENCE_POLICY"]
+    if env.get("DG_ARCHIVE_DELTAS", "").strip():
+        values["archive_deltas"] = flag_value(env["DG_ARCHIVE_DELTAS"])
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if "archive_deltas" in values:
+        values["archive_deltas"] = flag_value(values["archive_deltas"])
     if "reference_policy" in values:
         values["reference_policy"] = values["reference_policy"].strip().lower()
     settings = DeltaSettings(**values)

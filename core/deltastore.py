@@ -241,11 +241,13 @@ class DeltaStore:
         extra: dict[str, str],
         ensure: Callable[[], None],
         policy: str | None = None,
+        transform: dict[str, str] | None = None,
     ) -> ObjectRecord | None:
         """The delta-write path of every policy: `delta` (already decoded back and checked by
         codec.encode) is PUT as `logical_key`.delta against `ref`, then `ensure()` runs the
         writer half of the delete protocol. None when the delta is over `max_ratio` × `size`
-        (the caller stores direct); a zero-diff self-delta always passes."""
+        (the caller stores direct); a zero-diff self-delta always passes. `transform`: the
+        metadata of an archive delta (core/archivedelta.py, via policies' `encode_delta`)."""
         zero_diff = ref.sha256 == sha
         delta_size = delta.stat().st_size
         if size and delta_size > self.settings.max_ratio * size and not zero_diff:
@@ -258,7 +260,7 @@ class DeltaStore:
         )
         if policy:
             meta[layout.META_POLICY] = policy
-        meta = layout.fit_metadata({**meta, **extra})
+        meta = layout.fit_metadata({**meta, **(transform or {}), **extra})
         key = layout.delta_key(logical_key)
         stamp = self.store.put_file(key, delta, layout.encode_metadata(meta))
         ensure()

@@ -49,3 +49,7 @@ class MetadataTooLarge(DgError):
 
 class NoSpace(DgError):
     """Local staging or cache space ran out."""
+
+
+class ArchiveError(DgError):
+    """An archive canonical form is malformed, or cannot be rebuilt on this machine."""

@@ -40,6 +40,16 @@ META_CHAIN_MODE = "dgfs-chain-mode"
 META_BODY_SHA = "dgfs-body-sha256"
 STREAM_MODE = "stream"
 META_POLICY = "dgfs-policy"  # the reference policy that wrote a delta (absent: deltaglider's)
+# dgfs-only archive deltas (issue #14, core/archivedelta.py): the body is an xdelta3 delta of
+# canonical(reference) → canonical(file) (core/archive); deltaglider fails its sha check
+META_TRANSFORM = "dgfs-transform"  # containers seen through: zip, gzip, zip+gzip
+META_TRANSFORM_VERSION = "dgfs-transform-version"
+META_DEFLATE = "dgfs-deflate"  # the deflate implementation that rebuilds it: zlib-1.3.2
+META_CANONICAL_SHA = "dgfs-canonical-sha256"
+META_CANONICAL_SIZE = "dgfs-canonical-size"
+META_REF_CANONICAL_SHA = "dgfs-ref-canonical-sha256"
+META_INFLATED = "dgfs-inflated"  # payload bytes of the deflate streams stored inflated
+META_KEPT = "dgfs-kept"  # bytes of deflate streams kept compressed (not reproducible)
 _SAFE_XATTR = re.compile(r"[a-z0-9._-]+")
 
 # ranges of parsed metadata fields (what the kernel's and pyfuse3's C fields hold)

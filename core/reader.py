@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from core import codec, layout
+from core import archivedelta, codec, layout
 from core.cache import NotCacheable
 from core.errors import CodecError, DgError, IntegrityError, NoSpace, NotFound
 from core.hashing import CHUNK, sha256_file
@@ -32,6 +32,7 @@ class Reader:
         self.cache = cache
         self.workdir = workdir
         self.hidden_heads = hidden_heads
+        self.canonicals = archivedelta.Canonicals(self)  # archive deltas' reference forms
 
     def fetch_verified(self, key: str, sha256: str, out: Path, chain: tuple[str, ...] = ()) -> None:
         """Download `key` into `out` and check its SHA-256 (IntegrityError naming the key).
@@ -131,6 +132,9 @@ class Reader:
                 self.fetch_verified(record.ref_key, record.ref_sha256, out, (record.stored_key,))
             except NotFound:
                 raise _missing_reference(record) from None
+            return
+        if archivedelta.is_archive_delta(record.metadata):
+            archivedelta.reconstruct(self, record, scratch_base or self.workdir, out)
             return
         self._decode(record, scratch_base or self.workdir, out)
 

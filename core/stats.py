@@ -49,6 +49,7 @@ class DeltaspaceStats:
     reference_used: bool = False
     missing_references: dict[str, str] = field(default_factory=dict)  # delta key → reference
     policies: dict[str, int] = field(default_factory=dict)  # reference policy → its deltas
+    transforms: dict[str, int] = field(default_factory=dict)  # archive transform → its deltas
     orphaned_hidden: dict[str, int] = field(default_factory=dict)  # unused hidden ref → size
     computed_at: float = field(default_factory=time.time)
 
@@ -88,6 +89,7 @@ class DeltaspaceStats:
             "saved_bytes": self.saved_bytes,
             "policy": self.policy,
             "policies": dict(sorted(self.policies.items())),
+            "transforms": dict(sorted(self.transforms.items())),
             "reference_key": self.reference_key,
             "reference_size": self.reference_size,
             "reference_sha256": self.reference_sha256,
@@ -143,6 +145,7 @@ class BucketStats:
             "reference_bytes": t.reference_size,
             "policy": t.policy,
             "policies": dict(sorted(t.policies.items())),
+            "transforms": dict(sorted(t.transforms.items())),
             "orphaned_references": [
                 {"key": k, "size": v} for k, v in self.orphaned_references.items()
             ],
@@ -243,6 +246,9 @@ class _Tally:
             self.deltas.append(record)
             policy = _policy_of(record)
             s.policies[policy] = s.policies.get(policy, 0) + 1
+            transform = record.metadata.get(layout.META_TRANSFORM)
+            if transform:  # an archive delta (core/archivedelta.py)
+                s.transforms[transform] = s.transforms.get(transform, 0) + 1
         elif record.kind == Kind.DIRECT:
             s.direct_count += 1
         else:
@@ -298,6 +304,8 @@ def _sum(prefix: str, parts: Iterable[DeltaspaceStats]) -> DeltaspaceStats:
         total.orphaned_hidden.update(s.orphaned_hidden)
         for policy, n in s.policies.items():
             total.policies[policy] = total.policies.get(policy, 0) + n
+        for transform, n in s.transforms.items():
+            total.transforms[transform] = total.transforms.get(transform, 0) + n
     return total
 
 

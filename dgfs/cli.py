@@ -126,7 +126,12 @@ FLAG_OPTIONS = {
     "dev": "dev",
 }
 
-NEGATED_OPTIONS = {"no_dir_index": "dir_index", "nosuid": "suid", "nodev": "dev"}
+NEGATED_OPTIONS = {
+    "no_dir_index": "dir_index",
+    "no_archive_deltas": "archive_deltas",
+    "nosuid": "suid",
+    "nodev": "dev",
+}
 
 
 def parse_o_options(values: tuple[str, ...]) -> dict[str, str | bool]:
@@ -180,6 +185,13 @@ def _mount_options(f):
             "--reference-policy",
             type=click.Choice(["deltaglider", "adaptive", "adaptive-compatible"]),
             help="Which reference new files are encoded against (DG_REFERENCE_POLICY).",
+        ),
+        click.option(
+            "--archive-deltas/--no-archive-deltas",
+            default=None,
+            help="Diff zip/wheel/jar/.tar.gz files by their inflated content when that is"
+            " smaller (dgfs-only deltas, slower to write and read; default: DG_ARCHIVE_DELTAS"
+            " or off, so deltaglider reads every file).",
         ),
         click.option(
             "--exclude",

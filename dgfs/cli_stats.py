@@ -151,6 +151,9 @@ def _print_stats(result: corestats.BucketStats, detailed: bool) -> None:
         click.echo(f"  {label:<10} {human(value):>10}  ({value} bytes)")
     click.echo(f"  ratio      {t.ratio:.4f} (stored / original)")
     click.echo(f"  policy     {t.policy} (reference policy of the deltas)")
+    if t.transforms:
+        archive = ", ".join(f"{k} {n}" for k, n in sorted(t.transforms.items()))
+        click.echo(f"  archive    {archive} (archive deltas per transform)")
     if not detailed:
         return
     click.echo("")

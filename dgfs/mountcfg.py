@@ -112,6 +112,7 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
             extensions_only=opts.get("extensions_only") or None,
             no_delta_patterns=tuple(opts.get("no_delta") or ()) or None,
             reference_policy=opts.get("reference_policy"),
+            archive_deltas=opts.get("archive_deltas"),
         )
         cache = CacheSettings.from_env(
             key_file=opts.get("cache_key_file"),

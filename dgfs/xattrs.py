@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.layout import Kind, ObjectRecord
+from core.layout import META_INFLATED, META_KEPT, META_TRANSFORM, Kind, ObjectRecord
 
 DG_PREFIX = "user.dg."
 USER_PREFIX = "user."
@@ -29,6 +29,11 @@ def file_xattrs(record: ObjectRecord) -> dict[str, str]:
     if record.kind == Kind.DELTA:
         values["ref-key"] = record.ref_key or ""
         values["ref-sha256"] = record.ref_sha256 or ""
+        transform = record.metadata.get(META_TRANSFORM)
+        if transform:  # an archive delta (core/archivedelta.py)
+            values["transform"] = transform
+            values["inflated"] = record.metadata.get(META_INFLATED, "")
+            values["kept"] = record.metadata.get(META_KEPT, "")
     if record.tool:
         values["tool"] = record.tool
     return {DG_PREFIX + k: v for k, v in values.items()}

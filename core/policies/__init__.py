@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from core.config import REFERENCE_POLICIES
 from core.policies.adaptive import AdaptivePolicy
-from core.policies.base import MAX_DECODES, Candidate, ReferencePolicy
+from core.policies.base import MAX_DECODES, Candidate, ReferencePolicy, encode_delta
 from core.policies.compatible import AdaptiveCompatiblePolicy
 from core.policies.deltaglider import DeltagliderPolicy
 
@@ -34,6 +34,7 @@ __all__ = [
     "Candidate",
     "DeltagliderPolicy",
     "ReferencePolicy",
+    "encode_delta",
     "make_policy",
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import archivedelta
 from core.layout import ObjectRecord
 
 MAX_DECODES = 4  # sequential decodes to read any file, its own included (compatible: 1)
@@ -35,3 +36,12 @@ class ReferencePolicy:
 
     def release(self, store, prefix: str) -> None:
         """Called when a delta of `prefix` went away (delete or replaced by a direct file)."""
+
+
+def encode_delta(store, ref: Candidate, ref_path: Path, src: Path, sha: str, delta: Path,
+                 limit: int | None = None, name: str = "") -> dict[str, str] | None:  # fmt: skip
+    """Encode `src` against the raw reference `ref` (local copy `ref_path`) into `delta`, as
+    every policy should: an archive delta (core/archivedelta.py) when the setting is on and it
+    is smaller, else the byte delta. Returns the metadata to pass to `DeltaStore.write_delta`
+    as `transform` ({} for a byte delta); None when no delta fits in `limit` bytes."""
+    return archivedelta.encode(store, ref_path, ref.sha256, src, sha, delta, limit, name)

@@ -22,7 +22,7 @@ from core import codec, layout
 from core.eligibility import looks_related, sniff, suffix_of
 from core.errors import NotFound, PreconditionFailed
 from core.layout import ObjectRecord
-from core.policies.base import Candidate, ReferencePolicy
+from core.policies.base import Candidate, ReferencePolicy, encode_delta
 from core.policies.hidden import (
     collect_keyframes,
     current_ref_key,
@@ -77,16 +77,16 @@ class AdaptiveCompatiblePolicy(ReferencePolicy):
             ):
                 ref = store.references.get(prefix)
                 chosen = Candidate(ref.key, ref.sha256, ref.source_name)
-                delta, local = tmp / "self.delta", src
+                delta, local, transform = tmp / "self.delta", src, {}
                 codec.encode(src, src, delta, sha)
             else:
                 best = self._best_delta(store, src, name, sha, size, prefix, tmp)
                 if best is None:
                     return None
-                chosen, delta, local = best
+                chosen, delta, local, transform = best
                 if chosen.sha256 != sha and delta.stat().st_size > self.threshold * size:
                     chosen = self._promote(store, prefix, src, sha, name)
-                    delta, local = tmp / "self.delta", src
+                    delta, local, transform = tmp / "self.delta", src, {}
                     codec.encode(src, src, delta, sha)
             record = store.write_delta(
                 logical_key,
@@ -99,14 +99,16 @@ class AdaptiveCompatiblePolicy(ReferencePolicy):
                     chosen.key, chosen.sha256, chosen.source_name, local
                 ),
                 policy=self.name,
+                transform=transform,
             )
         if record is not None and old_ref and old_ref != chosen.key and is_keyframe_key(old_ref):
             self.release(store, prefix)  # the overwritten delta may have been its last user
         return record
 
     def _best_delta(self, store, src: Path, name: str, sha: str, size: int, prefix: str,
-                    tmp: Path) -> tuple[Candidate, Path, Path] | None:  # fmt: skip
-        """Encode against the newest references; the smallest (candidate, delta, ref copy)."""
+                    tmp: Path) -> tuple[Candidate, Path, Path, dict] | None:  # fmt: skip
+        """Encode against the newest references; the smallest (candidate, delta, ref copy,
+        transform metadata)."""
         head = sniff(src)
         best = None
         for i, cand in enumerate(self.candidates(store, prefix)):
@@ -118,9 +120,9 @@ class AdaptiveCompatiblePolicy(ReferencePolicy):
                 same_suffix = suffix_of(name) == suffix_of(cand.source_name) != ""
                 if not looks_related(head, sniff(ref_path), same_suffix):
                     continue
-            codec.encode(ref_path, src, delta, sha)
+            transform = encode_delta(store, cand, ref_path, src, sha, delta, name=name)
             if best is None or delta.stat().st_size < best[1].stat().st_size:
-                best = (cand, delta, ref_path)
+                best = (cand, delta, ref_path, transform)
             if cand.sha256 == sha or delta.stat().st_size <= self.good_enough * size:
                 break
         return best

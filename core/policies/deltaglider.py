@@ -16,7 +16,7 @@ from core import codec, layout
 from core.eligibility import looks_related, sniff, suffix_of
 from core.errors import NotFound
 from core.layout import ObjectRecord
-from core.policies.base import Candidate, ReferencePolicy
+from core.policies.base import Candidate, ReferencePolicy, encode_delta
 
 log = logging.getLogger("dgfs.policies")
 
@@ -32,7 +32,7 @@ class DeltagliderPolicy(ReferencePolicy):
         with store.scratch() as tmp:
             delta = tmp / "delta"
             if ref is None and store.references.create(prefix, src, sha, name):
-                ref, local = store.references.get(prefix), src
+                ref, local, transform = store.references.get(prefix), src, None
                 try:
                     codec.encode(src, src, delta, sha)
                 except Exception:
@@ -51,7 +51,9 @@ class DeltagliderPolicy(ReferencePolicy):
                     if not looks_related(sniff(src), sniff(local), same_suffix):
                         return None
                 limit = None if ref.sha256 == sha else int(store.settings.max_ratio * size)
-                if codec.encode(local, src, delta, sha, limit) is None:
+                candidate = Candidate(ref.key, ref.sha256, ref.source_name)
+                transform = encode_delta(store, candidate, local, src, sha, delta, limit, name)
+                if transform is None:
                     log.info("%s: delta exceeds max ratio; storing direct", logical_key)
                     return None
             return store.write_delta(
@@ -62,4 +64,5 @@ class DeltagliderPolicy(ReferencePolicy):
                 size,
                 extra,
                 ensure=lambda: store.references.ensure(ref.key, ref.sha256, ref.source_name, local),
+                transform=transform,
             )
