@@ -5,7 +5,8 @@ a temporary prefix `.dgfs/probe/<uuid>/` of a bucket (hidden from mounts, delete
 checks, against the live server:
 
 - ``conditional_put``: `If-None-Match: *` on PUT answers 412 for an existing key (and creates a
-  missing one). dgfs's reference creation relies on it; without it `create_then_verify` is used.
+  missing one). dgfs's reference creation relies on it; without it ObjectStore falls back to
+  create-then-verify (core/objectstore.py `create_then_verify`).
 - ``put_if_match``: `If-Match: <etag>` on PUT answers 412 for a stale ETag, writes for the current.
 - ``copy_if_match``: `x-amz-copy-source-if-match` on CopyObject, the same two cases.
 - ``copy_metadata_replace``: CopyObject onto itself with `MetadataDirective=REPLACE` changes the
@@ -29,15 +30,14 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.errors import AccessDenied, BucketNotFound, DgError, NotFound, PreconditionFailed
-from core.objectstore import ObjectStore, PutStamp
+from core.errors import AccessDenied, BucketNotFound, DgError, PreconditionFailed
+from core.objectstore import ObjectStore
 
 log = logging.getLogger("dgfs.caps")
 
 PROBE_PREFIX = ".dgfs/probe/"
 CACHE_NAME = "capabilities.json"
 DEFAULT_TTL = 86400.0
-VERIFY_DELAY = 1.0  # create-then-verify: seconds between our PUT and the re-HEAD
 
 CAPABILITIES: dict[str, str] = {
     "conditional_put": "PUT If-None-Match: * (412 on an existing key)",
@@ -332,33 +332,3 @@ def cached_probe(
 
 
 # ---------------------------------------------------------------- fallback
-
-
-def create_then_verify(store: ObjectStore, key: str, do_put, delay: float = VERIFY_DELAY):
-    """Create `key` on a server without conditional PUT: HEAD, PUT, wait, re-HEAD.
-
-    PreconditionFailed if the key exists before, or if after our PUT and `delay` seconds the
-    key's ETag is not ours (another writer's PUT landed after ours: it won, and the caller
-    encodes against theirs, as after a 412). `do_put()` performs the unconditional PUT and
-    returns a PutStamp or an ETag (None: multipart, then the ETag is taken from a HEAD at once).
-    """
-    try:
-        store.head(key)
-    except NotFound:
-        pass
-    else:
-        raise PreconditionFailed(f"s3://{store.bucket}/{key}: already exists")
-    result = do_put()
-    ours = result.etag if isinstance(result, PutStamp) else result
-    try:
-        if ours is None:  # a multipart upload: its ETag is whatever is there now
-            ours = store.head(key).etag
-        if delay > 0:
-            time.sleep(delay)
-        theirs = store.head(key).etag
-    except NotFound:
-        raise PreconditionFailed(f"s3://{store.bucket}/{key}: deleted by another writer") from None
-    if theirs != ours:
-        log.warning("%s: another writer's PUT replaced ours (no conditional PUT): we lost", key)
-        raise PreconditionFailed(f"s3://{store.bucket}/{key}: another writer created it")
-    return result

@@ -13,7 +13,8 @@ import email.utils
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -181,7 +182,7 @@ class ObjectStore:
         self.bytes_uploaded = 0
         self.bytes_downloaded = 0
         # False on servers that ignore `If-None-Match: *` (core/capabilities.py probes it):
-        # conditional creates then go through capabilities.create_then_verify
+        # conditional creates then go through create_then_verify (below)
         self.conditional_put = True
 
     # ------------------------------------------------------------ bookkeeping
@@ -355,8 +356,6 @@ class ObjectStore:
     ) -> str:
         """Single PUT of small data; returns the ETag. PreconditionFailed if it must not exist."""
         if if_none_match and not self.conditional_put:
-            from core.capabilities import create_then_verify
-
             return create_then_verify(self, key, lambda: self.put_bytes(key, data, metadata))
         kwargs = {"Bucket": self.bucket, "Key": key, "Body": data, **self._extra_put_args(metadata)}
         if if_none_match:
@@ -381,8 +380,6 @@ class ObjectStore:
         response the transfer manager does not hand back).
         """
         if if_none_match and not self.conditional_put:
-            from core.capabilities import create_then_verify
-
             return create_then_verify(self, key, lambda: self.put_file(key, path, metadata))
         size = path.stat().st_size
         conditional = if_none_match or if_match is not None
@@ -444,3 +441,38 @@ class ObjectStore:
     def delete(self, key: str) -> None:
         """Delete one key (deleting a missing key is not an error in S3)."""
         self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=key)
+
+
+VERIFY_DELAY = 1.0  # create-then-verify: seconds between our PUT and the re-HEAD
+
+
+def create_then_verify(
+    store: ObjectStore, key: str, do_put: Callable[[], object], delay: float = VERIFY_DELAY
+):
+    """Create `key` on a server without conditional PUT: HEAD, PUT, wait, re-HEAD.
+
+    PreconditionFailed if the key exists before, or if after our PUT and `delay` seconds the
+    key's ETag is not ours (another writer's PUT landed after ours: it won, and the caller
+    encodes against theirs, as after a 412). `do_put()` performs the unconditional PUT and
+    returns a PutStamp or an ETag (None: multipart, then the ETag is taken from a HEAD at once).
+    """
+    try:
+        store.head(key)
+    except NotFound:
+        pass
+    else:
+        raise PreconditionFailed(f"s3://{store.bucket}/{key}: already exists")
+    result = do_put()
+    ours = result.etag if isinstance(result, PutStamp) else result
+    try:
+        if ours is None:  # a multipart upload: its ETag is whatever is there now
+            ours = store.head(key).etag
+        if delay > 0:
+            time.sleep(delay)
+        theirs = store.head(key).etag
+    except NotFound:
+        raise PreconditionFailed(f"s3://{store.bucket}/{key}: deleted by another writer") from None
+    if theirs != ours:
+        log.warning("%s: another writer's PUT replaced ours (no conditional PUT): we lost", key)
+        raise PreconditionFailed(f"s3://{store.bucket}/{key}: another writer created it")
+    return result

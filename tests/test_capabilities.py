@@ -17,6 +17,7 @@ from core import capabilities
 from core.config import DeltaSettings
 from core.deltastore import DeltaStore
 from core.errors import PreconditionFailed
+from core.objectstore import create_then_verify
 from tests import s3kind
 from tests.datagen import version_series, write
 
@@ -107,7 +108,7 @@ def test_fallback_loser_of_a_race_backs_off(objectstore):
         return etag
 
     with pytest.raises(PreconditionFailed):
-        capabilities.create_then_verify(objectstore, "k", ours_then_theirs, delay=0)
+        create_then_verify(objectstore, "k", ours_then_theirs, delay=0)
     assert objectstore.get_bytes("k") == b"theirs"
 
 
