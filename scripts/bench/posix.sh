@@ -36,7 +36,7 @@ eval "$("$PY" -m dgfs.cli server start --data-dir "$DATA")"
 MOUNTS=()
 cleanup() {
     for m in "${MOUNTS[@]}"; do
-        mountpoint -q "$m" && { "$PY" -m dgfs.cli umount "$m" 2>/dev/null || umount -l "$m"; }
+        mountpoint -q "$m" && { "$PY" -m dgfs.cli umount "$m" >/dev/null 2>&1 || umount "$m" 2>/dev/null || umount -l "$m"; }
     done
     "$PY" -m dgfs.cli server stop --data-dir "$DATA" >/dev/null 2>&1
     [ -n "${KEEP_LOGS:-}" ] || rm -rf "$WORK"
@@ -94,7 +94,9 @@ for sys in $SYSTEMS; do
         # subtest; a file that dies midway has its missing subtests counted as failed
         (cd "$t" && timeout 1800 prove -v -r "$PJD/tests/$g" >"$log" 2>&1)
         total=$(grep -oE '^1\.\.[0-9]+' "$log" | awk -F. '{s+=$3} END {print s+0}')
-        passed=$(grep -cE '^ok [0-9]+' "$log")
+        # as prove counts them: a failing TODO subtest ("not ok N # TODO", a known platform
+        # difference such as Linux keeping setgid on a chowned directory) is not a failure
+        passed=$(grep -cE '^ok [0-9]+|^not ok [0-9]+ # TODO' "$log")
         failed=$((total - passed))
         RESULT[$sys,$g]="$((total - failed))/$total"
         printf '%-7s %-10s %s\n' "$sys" "$g" "${RESULT[$sys,$g]}" >&2
