@@ -159,7 +159,7 @@ class DgfsOperations(pyfuse3.Operations):
             default_mode = stat.S_IFREG | (0o666 & ~self.opts.umask)
             record = node.record
             e.st_mode = self._file_mode(a.mode, record, default_mode)
-            e.st_nlink = 1
+            e.st_nlink = 0 if node.path is None else 1  # unlinked while open: fstat says 0
             if node.staging is not None:
                 e.st_size = os.fstat(node.fd).st_size
                 stored = e.st_size

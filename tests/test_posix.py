@@ -241,6 +241,16 @@ def test_non_owner_chown_and_setid_clearing(mounter, bucket):
     assert (m.path / "f").read_bytes() == b"xmore"
 
 
+def test_unlinked_open_file_has_no_links(mnt):
+    f = mnt.path / "f"
+    f.write_bytes(b"kept")
+    with open(f, "rb") as fh:
+        assert os.fstat(fh.fileno()).st_nlink == 1
+        os.unlink(f)
+        assert os.fstat(fh.fileno()).st_nlink == 0
+        assert fh.read() == b"kept"
+
+
 def test_hard_links_are_refused_consistently(mnt):
     (mnt.path / "f").write_bytes(b"x")
     with pytest.raises(OSError) as exc:
