@@ -528,7 +528,7 @@ def _metadata_with(
     meta = {
         k: v
         for k, v in record.metadata.items()
-        if k not in (layout.META_MODE, layout.META_UID, layout.META_GID, layout.META_MTIME)
+        if k not in layout.POSIX_KEYS
         and not k.startswith((layout.XATTR_META_PREFIX, layout.XATTR_HEX_PREFIX))
     }
     meta.update(layout.posix_attrs_to_meta(attrs))

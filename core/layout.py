@@ -26,6 +26,11 @@ ENCODED_SUFFIX = "?="
 
 # dgfs's own POSIX attribute keys (deltaglider ignores unknown keys).
 META_MODE, META_UID, META_GID, META_MTIME = "dgfs-mode", "dgfs-uid", "dgfs-gid", "dgfs-mtime"
+# the last change of the inode (chmod, chown, utimes, rename, write), ns; absent: mtime.
+# `dgfs-rdev`: a device's st_rdev (s3fs writes `rdev`)
+# `dgfs-atime`: only once utimensat set it (reads do not update it; absent: mtime)
+META_CTIME, META_RDEV, META_ATIME = "dgfs-ctime", "dgfs-rdev", "dgfs-atime"
+POSIX_KEYS = (META_MODE, META_UID, META_GID, META_MTIME, META_CTIME, META_RDEV, META_ATIME)
 XATTR_META_PREFIX = "dgfs-x-"
 XATTR_HEX_PREFIX = "dgfs-xh-"
 # dgfs-only reference chains (the `adaptive` policy): a hidden reference whose body is a delta
@@ -55,6 +60,7 @@ _SAFE_XATTR = re.compile(r"[a-z0-9._-]+")
 # ranges of parsed metadata fields (what the kernel's and pyfuse3's C fields hold)
 MAX_MODE = 0o177777  # file type and permission bits
 MAX_ID = 2**32 - 2  # uid_t / gid_t; 2**32 - 1 is (uid_t)-1, "no id"
+MAX_RDEV = 2**64 - 1  # dev_t
 MAX_SIZE = 2**63 - 1  # off_t
 MIN_NS, MAX_NS = -(2**63), 2**63 - 1  # timestamps in ns, as pyfuse3 stores them
 PATH_MAX = 4096  # longest symlink target dgfs reads; larger "symlinks" are regular files
@@ -83,6 +89,9 @@ class PosixAttrs:
     gid: int | None = None
     mtime_ns: int | None = None
     foreign: bool = False  # `mode` came from another tool's key (s3fs/rclone), not dgfs-mode
+    ctime_ns: int | None = None
+    rdev: int | None = None
+    atime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -336,13 +345,22 @@ def posix_attrs_from(meta: dict[str, str], key: str = "") -> PosixAttrs:
         gid=_int_field(meta, key, (META_GID, "gid"), MAX_ID),
         mtime_ns=_mtime_ns(meta, key),
         foreign=other is not None,
+        ctime_ns=_ns_field(meta, key, META_CTIME),
+        rdev=_int_field(meta, key, (META_RDEV,) if own is not None else ("rdev",), MAX_RDEV),
+        atime_ns=_ns_field(meta, key, META_ATIME),
     )
+
+
+def _ns_field(meta: dict[str, str], key: str, name: str) -> int | None:
+    value = meta.get(name)
+    return _checked(meta, key, name, parse_int(value, MIN_NS, MAX_NS)) if value else None
 
 
 def trusted_mode(attrs: PosixAttrs, suid: bool, dev: bool) -> int | None:
     """The mode a mount shows for a file's `attrs`: without `suid`, setuid/setgid/sticky bits
-    from another tool's `mode` are dropped; without `dev`, devices, FIFOs, sockets and unknown
-    types (dgfs never writes them) are regular files. Directory and symlink types are the
+    from another tool's `mode` are dropped; devices, FIFOs and sockets are shown as such when
+    dgfs wrote them (`dgfs-mode`, as mknod stores them) and, from another tool's `mode`, only
+    with `dev`; other unknown types are regular files. Directory and symlink types are the
     caller's business."""
     mode = attrs.mode
     if not mode:
@@ -350,12 +368,14 @@ def trusted_mode(attrs: PosixAttrs, suid: bool, dev: bool) -> int | None:
     if attrs.foreign and not suid:
         mode &= ~SPECIAL_BITS
     kind = stat.S_IFMT(mode)
-    if kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK) and not (dev and _is_device(kind)):
+    special_ok = is_special(kind) and (dev or not attrs.foreign)
+    if kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK) and not special_ok:
         mode = stat.S_IFREG | stat.S_IMODE(mode)
     return mode
 
 
-def _is_device(kind: int) -> bool:
+def is_special(kind: int) -> bool:
+    """A file type stored as metadata only: device, FIFO or socket."""
     return kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
@@ -366,6 +386,9 @@ def posix_attrs_to_meta(attrs: PosixAttrs) -> dict[str, str]:
         (META_UID, attrs.uid),
         (META_GID, attrs.gid),
         (META_MTIME, attrs.mtime_ns),
+        (META_CTIME, attrs.ctime_ns),
+        (META_RDEV, attrs.rdev),
+        (META_ATIME, attrs.atime_ns),
     ):
         if value is not None:
             out[key] = str(value)

@@ -39,6 +39,7 @@ from dgfs.writeback import WriteBack
 log = logging.getLogger("dgfs.fs")
 
 BLOCK = 512
+NAME_MAX = 255  # bytes per name, as statfs says (the kernel leaves the check to us)
 STATFS_BLOCKS = 2**40 // 4096
 
 
@@ -47,6 +48,8 @@ def _fuse_error(code: int) -> pyfuse3.FUSEError:
 
 
 def _name(raw: bytes) -> str:
+    if len(raw) > NAME_MAX:
+        raise _fuse_error(errno.ENAMETOOLONG)
     try:
         return raw.decode()
     except UnicodeDecodeError:
@@ -120,11 +123,15 @@ class DgfsOperations(pyfuse3.Operations):
         return await self.namespace.child(self._path_of(parent), name)
 
     def _file_mode(self, mode: int | None, record: ObjectRecord | None, default: int) -> int:
-        """A file's st_mode: never a directory; a symlink only when its record can be one."""
+        """A file's st_mode: never a directory; a symlink only when its record can be one; a
+        device, FIFO or socket only when its object is empty (mknod stores them so)."""
         mode = mode or default
         kind = stat.S_IFMT(mode)
         fake_link = kind == stat.S_IFLNK and not (record is not None and record.is_symlink)
-        return stat.S_IFREG | stat.S_IMODE(mode) if kind in (0, stat.S_IFDIR) or fake_link else mode
+        fake_special = layout.is_special(kind) and record is not None and record.original_size != 0
+        if kind in (0, stat.S_IFDIR) or fake_link or fake_special:
+            return stat.S_IFREG | stat.S_IMODE(mode)
+        return mode
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -144,12 +151,15 @@ class DgfsOperations(pyfuse3.Operations):
                 # `du -s dir` is what S3 stores for it
                 e.st_blocks = (ref_size + BLOCK - 1) // BLOCK
             mtime = a.mtime_ns or self.started_ns
+            ctime = a.ctime_ns or mtime
+            if node.touched_ns > ctime:  # an entry added or removed (not stored: in memory)
+                mtime = ctime = node.touched_ns
         else:
             a = self.writeback.effective_attrs(node)
             default_mode = stat.S_IFREG | (0o666 & ~self.opts.umask)
             record = node.record
             e.st_mode = self._file_mode(a.mode, record, default_mode)
-            e.st_nlink = 1
+            e.st_nlink = 0 if node.path is None else 1  # unlinked while open: fstat says 0
             if node.staging is not None:
                 e.st_size = os.fstat(node.fd).st_size
                 stored = e.st_size
@@ -158,9 +168,14 @@ class DgfsOperations(pyfuse3.Operations):
                 stored = record.stored_size if record else 0
             e.st_blocks = (stored + BLOCK - 1) // BLOCK
             mtime = a.mtime_ns or (record.last_modified_ns if record else 0) or self.started_ns
+            ctime = a.ctime_ns or mtime
+            if stat.S_ISCHR(e.st_mode) or stat.S_ISBLK(e.st_mode):
+                e.st_rdev = a.rdev or 0
         e.st_uid = a.uid if a.uid is not None else self.opts.uid
         e.st_gid = a.gid if a.gid is not None else self.opts.gid
-        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = mtime
+        e.st_mtime_ns = mtime
+        e.st_atime_ns = a.atime_ns if a.atime_ns is not None else mtime
+        e.st_ctime_ns = ctime
         return e
 
     def _lookup_reply(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -172,6 +187,14 @@ class DgfsOperations(pyfuse3.Operations):
         e.st_ino = 0
         e.entry_timeout = self.opts.metadata_ttl
         return e
+
+    def _touch(self, *dirs: Node) -> None:
+        """An entry was added to or removed from these directories: their mtime and ctime
+        advance (in memory, for the life of the mount: storing them would cost a PUT per
+        create or unlink)."""
+        now = time.time_ns()
+        for node in dirs:
+            node.touched_ns = now
 
     def _inherit_setgid(self, parent: Node, mode: int, gid: int, is_dir: bool) -> tuple[int, int]:
         """In a set-group-ID directory new entries take its group (and dirs keep the bit)."""
@@ -201,6 +224,9 @@ class DgfsOperations(pyfuse3.Operations):
                 raise _fuse_error(errno.EISDIR)
             await self.writeback.truncate(node, attr.st_size)
         new = self.writeback.effective_attrs(node) if not node.is_dir else node.dir_attrs
+        now = time.time_ns()
+        if fields.update_size:
+            new = replace(new, mtime_ns=now, ctime_ns=now)
         if fields.update_mode:
             kind = stat.S_IFMT(new.mode or 0) or (stat.S_IFDIR if node.is_dir else stat.S_IFREG)
             new = replace(new, mode=kind | stat.S_IMODE(attr.st_mode))
@@ -210,8 +236,12 @@ class DgfsOperations(pyfuse3.Operations):
             new = replace(new, gid=attr.st_gid)
         if fields.update_mtime:
             new = replace(new, mtime_ns=attr.st_mtime_ns)
+        if fields.update_atime:
+            new = replace(new, atime_ns=attr.st_atime_ns)
         changed = fields.update_mode or fields.update_uid or fields.update_gid
-        changed = changed or fields.update_mtime
+        changed = changed or fields.update_mtime or fields.update_atime
+        if changed or fields.update_size:
+            new = replace(new, ctime_ns=now)  # every change of the inode
         if not node.is_dir:
             await self.writeback.set_attrs(node, new, changed)
         elif changed:
@@ -261,10 +291,12 @@ class DgfsOperations(pyfuse3.Operations):
             raise _fuse_error(errno.EEXIST)
         self._check_name(path)
         mode, gid = self._inherit_setgid(parent, stat.S_IMODE(mode), ctx.gid, is_dir=True)
-        attrs = PosixAttrs(stat.S_IFDIR | mode, ctx.uid, gid, time.time_ns())
+        now = time.time_ns()
+        attrs = PosixAttrs(stat.S_IFDIR | mode, ctx.uid, gid, now, ctime_ns=now)
         await self.threads.run(self.store.make_dir, self._key(path), attrs)
         node = self.inodes.node_for(path, True)
         self.namespace.note_new_dir(path, node, attrs)
+        self._touch(parent)
         return self._lookup_reply(node)
 
     async def rmdir(self, parent_inode, name, ctx):
@@ -279,6 +311,7 @@ class DgfsOperations(pyfuse3.Operations):
         if not await self.namespace.remove_dir(path):
             raise _fuse_error(errno.ENOTEMPTY)
         self.inodes.detach(node)
+        self._touch(parent)
 
     # ------------------------------------------------------------ files
 
@@ -292,17 +325,40 @@ class DgfsOperations(pyfuse3.Operations):
             existing = await self._child(parent, _name(name))
             node = existing if existing is not None else node
         file_mode, gid = self._inherit_setgid(parent, stat.S_IMODE(mode), ctx.gid, is_dir=False)
-        attrs = PosixAttrs(stat.S_IFREG | file_mode, ctx.uid, gid, time.time_ns())
+        now = time.time_ns()
+        attrs = PosixAttrs(stat.S_IFREG | file_mode, ctx.uid, gid, now, ctime_ns=now)
         await self.writeback.start_new(node, attrs, excl=bool(flags & os.O_EXCL))
+        self._touch(parent)
         fh = self._open_handle(node, writable=True)
         return pyfuse3.FileInfo(fh=fh), self._lookup_reply(node)
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        if not stat.S_ISREG(mode):
-            raise _fuse_error(errno.EPERM)
-        info, entry = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
-        await self.release(info.fh)
-        return entry
+        if stat.S_ISREG(mode) or not stat.S_IFMT(mode):
+            info, entry = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+            await self.release(info.fh)
+            return entry
+        if not layout.is_special(stat.S_IFMT(mode)):
+            raise _fuse_error(errno.EINVAL)
+        # a device, FIFO or socket: an empty object whose dgfs-mode carries the type (and
+        # dgfs-rdev the device number); the kernel does FIFO and socket I/O itself
+        self._check_writable()
+        parent = self._node(parent_inode)
+        name_s = _name(name)
+        path = join(self._path_of(parent), name_s)
+        self._check_name(path)
+        if await self._child(parent, name_s) is not None:
+            raise _fuse_error(errno.EEXIST)
+        perm, gid = self._inherit_setgid(parent, stat.S_IMODE(mode), ctx.gid, is_dir=False)
+        now = time.time_ns()
+        is_dev = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        attrs = PosixAttrs(stat.S_IFMT(mode) | perm, ctx.uid, gid, now, ctime_ns=now)
+        attrs = replace(attrs, rdev=rdev) if is_dev else attrs
+        record = await self.writeback.store_body(self._key(path), b"", attrs)
+        node = self.inodes.node_for(path, False)
+        node.record = record
+        self.namespace.note_file(path, record)
+        self._touch(parent)
+        return self._lookup_reply(node)
 
     def _open_handle(self, node: Node, writable: bool) -> int:
         fh = next(self._fh)
@@ -364,7 +420,8 @@ class DgfsOperations(pyfuse3.Operations):
 
     async def unlink(self, parent_inode, name, ctx):
         self._check_writable()
-        node = await self._child(self._node(parent_inode), _name(name))
+        parent = self._node(parent_inode)
+        node = await self._child(parent, _name(name))
         if node is None:
             raise _fuse_error(errno.ENOENT)
         if node.is_dir:
@@ -373,6 +430,7 @@ class DgfsOperations(pyfuse3.Operations):
         await self.writeback.remove(node)
         self.namespace.note_file(path, None)
         self.inodes.detach(node)
+        self._touch(parent)
 
     # ------------------------------------------------------------ symlinks and links
 
@@ -383,11 +441,13 @@ class DgfsOperations(pyfuse3.Operations):
         self._check_name(path)
         if await self._child(parent, _name(name)) is not None:
             raise _fuse_error(errno.EEXIST)
-        attrs = PosixAttrs(stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, time.time_ns())
-        record = await self.writeback.store_symlink(self._key(path), target, attrs)
+        now = time.time_ns()
+        attrs = PosixAttrs(stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, now, ctime_ns=now)
+        record = await self.writeback.store_body(self._key(path), target, attrs)
         node = self.inodes.node_for(path, False)
         node.record = record
         self.namespace.note_file(path, record)
+        self._touch(parent)
         return self._lookup_reply(node)
 
     async def readlink(self, inode, ctx):
@@ -418,10 +478,12 @@ class DgfsOperations(pyfuse3.Operations):
             raise _fuse_error(errno.EEXIST)
         if src.is_dir:
             await self._rename_dir(src, dst, new_path)
+            src.touched_ns = time.time_ns()  # its ctime (its `..` changed)
         elif dst is not None and dst.is_dir:
             raise _fuse_error(errno.EISDIR)
         else:
             await self.writeback.rename_file(src, dst, new_path)
+        self._touch(old_parent, new_parent)
 
     async def _rename_dir(self, src: Node, dst: Node | None, new_path: str) -> None:
         old_path = self._path_of(src)

@@ -27,6 +27,7 @@ class Node:
     record: ObjectRecord | None = None
     dir_attrs: PosixAttrs = field(default_factory=PosixAttrs)
     dir_attrs_loaded: bool = False
+    touched_ns: int = 0  # a directory's last entry change by this mount (its mtime, ctime)
     staging: Path | None = None
     fd: int = -1
     dirty: bool = False

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import trio
@@ -34,6 +34,7 @@ log = logging.getLogger("dgfs.fs")
 
 ATTR_DELAY = 1.0  # seconds an attribute change may wait to be coalesced
 # rsync creates `.NAME.XXXXXX` with O_EXCL (mkstemp), sets its attributes, renames it to NAME
+_ATTR_FIELDS = tuple(f.name for f in fields(PosixAttrs) if f.name != "foreign")
 TEMP_FILE_PATTERN = re.compile(r"\.[^/]+\.[A-Za-z0-9]{6}")
 
 
@@ -69,13 +70,11 @@ class WriteBack:
         """A file's attributes: unsaved changes over the stored ones."""
         record = node.record
         base = self.namespace.trusted(record.attrs) if record is not None else PosixAttrs()
-        pending = node.pending or PosixAttrs()
-        return PosixAttrs(
-            mode=pending.mode if pending.mode is not None else base.mode,
-            uid=pending.uid if pending.uid is not None else base.uid,
-            gid=pending.gid if pending.gid is not None else base.gid,
-            mtime_ns=pending.mtime_ns if pending.mtime_ns is not None else base.mtime_ns,
-        )
+        if node.pending is None:
+            return base
+        pending = node.pending
+        changed = {k: v for k in _ATTR_FIELDS if (v := getattr(pending, k)) is not None}
+        return replace(base, **changed)
 
     def user_xattrs(self, node: Node) -> dict[str, bytes]:
         """User xattrs as the file has them now (unsaved ones of a file being written first)."""
@@ -147,7 +146,8 @@ class WriteBack:
 
     def _make_dirty(self, node: Node) -> None:
         """Mark a file's staged content as not yet in S3 (recorded for crash recovery)."""
-        node.pending = replace(node.pending or PosixAttrs(), mtime_ns=time.time_ns())
+        now = time.time_ns()
+        node.pending = replace(node.pending or PosixAttrs(), mtime_ns=now, ctime_ns=now)
         if not node.dirty and node.staging is not None and node.path is not None:
             self._mark_staged(node, node.path)
         node.dirty = True
@@ -285,11 +285,12 @@ class WriteBack:
                 failed.append(self.namespace.key(node.path or "?") + " (attributes)")
         return failed
 
-    async def store_symlink(self, key: str, target: bytes, attrs: PosixAttrs) -> ObjectRecord:
-        """Store a symlink (always direct: its body is its target)."""
+    async def store_body(self, key: str, body: bytes, attrs: PosixAttrs) -> ObjectRecord:
+        """Store a symlink (its body is its target) or a device, FIFO or socket (empty body);
+        always direct."""
         tmp, fd = self.staging.new_file()
         try:
-            os.write(fd, target)
+            os.write(fd, body)
             return await self.threads.run(self.store.put, tmp, key, attrs, None, None, True)
         finally:
             os.close(fd)
@@ -319,7 +320,14 @@ class WriteBack:
             replaced = dst.record if dst is not None else None
             if src.record is not None and not src.dirty:
                 new_key = self.namespace.key(new_path)
-                attrs = self.effective_attrs(src) if src.attrs_dirty else None
+                # the same copy carries the new ctime (and coalesced attribute changes); a
+                # foreign mode is never rewritten as dgfs's own (it would become trusted)
+                now = time.time_ns()
+                if src.attrs_dirty:
+                    attrs = replace(self.effective_attrs(src), ctime_ns=now)
+                else:
+                    own = not src.record.attrs.foreign
+                    attrs = replace(src.record.attrs, ctime_ns=now) if own else None
                 known_new = replaced is None and self.namespace.listed_absent(new_path)
                 src.record = await self.threads.run(
                     self.store.rename, src.record, new_key, replaced, attrs, known_new
@@ -328,7 +336,7 @@ class WriteBack:
             else:
                 # unsaved writes: the pending upload goes to the new name and must carry this
                 # file's attributes, not those of the file it replaces
-                src.pending = self.effective_attrs(src)
+                src.pending = replace(self.effective_attrs(src), ctime_ns=time.time_ns())
                 src.xattrs = self.user_xattrs(src)
                 if src.record is not None:
                     await self.threads.run(self.store.delete, src.record)

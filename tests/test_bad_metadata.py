@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from core import layout
 from tests.datagen import random_bytes, version_series
 from tests.test_stats import run_cli
 
@@ -117,7 +118,11 @@ def kernel_flags(path: Path) -> set[str]:
 
 def test_foreign_special_bits_and_types_need_suid_dev(mounter, bucket, objectstore):
     for name, meta in SPECIAL.items():
-        objectstore.put_bytes(f"sp/{name}", b"x", meta)
+        # devices, FIFOs and sockets are empty objects (as s3fs and mknod store them); a
+        # non-empty one ("own-chardev") is a regular file whatever its mode says
+        kind = stat.S_IFMT(int(meta.get("mode", meta.get("dgfs-mode"))))
+        body = b"" if name != "own-chardev" and layout.is_special(kind) else b"x"
+        objectstore.put_bytes(f"sp/{name}", body, meta)
     objectstore.put_bytes("sp/dir/", b"", foreign(stat.S_IFDIR, 0o3777))
     m = mounter(bucket)
     assert {"nosuid", "nodev"} <= kernel_flags(m.path)
@@ -143,7 +148,7 @@ def test_foreign_special_bits_and_types_need_suid_dev(mounter, bucket, objectsto
     assert stat.S_IMODE(modes["sgid.bin"]) == 0o2755
     assert stat.S_IMODE(modes["dir"]) == 0o3777
     assert stat.S_ISCHR(modes["chardev"]) and stat.S_ISFIFO(modes["fifo"])
-    assert stat.S_ISREG(modes["own-dir-type"])
+    assert stat.S_ISREG(modes["own-dir-type"]) and stat.S_ISREG(modes["own-chardev"])
 
 
 def test_symlink_bodies_are_capped(mounter, bucket, objectstore):

@@ -70,8 +70,9 @@ def test_rsync_new_files_cost_few_write_requests(mounter, bucket, tmp_path):
     after = mount_status(m.path)["s3_requests"]
     writes = sum(after.get(op, 0) - before.get(op, 0) for op in ("put", "copy", "delete"))
     # the temp file is uploaded at its rename, under its final name, with its attributes:
-    # one PUT per file, plus the directory marker
-    assert writes <= 20 + 2, after
+    # one PUT per file, plus the directory marker and its times, set by rsync after mkdir and
+    # again at the end (creating the files advanced the directory's mtime, as POSIX says)
+    assert writes <= 20 + 3, after
     assert after.get("copy", 0) == before.get("copy", 0), after
     second = subprocess.run(
         ["rsync", "-a", "--stats", f"{src}/", f"{m.path}/dst/"],
