@@ -38,6 +38,7 @@ from core.policies import Candidate, ReferencePolicy, make_policy, stream
 from core.reader import Reader
 from core.references import References
 from core.scratch import private_dir
+from core.similarity import SimilarityIndex
 
 log = logging.getLogger("dgfs.store")
 
@@ -74,6 +75,7 @@ class DeltaStore:
         self.workdir = Path(tempfile.mkdtemp(prefix="dgfs-work-")) if workdir is None else workdir
         self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.backoff = DeltaBackoff()
+        self.similarity = SimilarityIndex()  # hopeless encodes not started
         self.hidden_heads = stream.HiddenHeads(self.head_record)  # stream walks
         self.references = References(store, self.head_record, tool, self.scratch)
         self.reader = Reader(store, cache, self.workdir, self.hidden_heads)
