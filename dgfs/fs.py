@@ -91,6 +91,7 @@ class DgfsOperations(pyfuse3.Operations):
         return {
             **mount_status(self.writeback, self.store, self.cache, show_keys),
             "read_requests": self.read_requests,
+            "listings_fetched_ahead": self.namespace.prefetched,
         }
 
     def _key(self, path: str) -> str:
