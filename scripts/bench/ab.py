@@ -5,7 +5,8 @@
 
 Each round mounts each tree in turn (fresh bucket, fresh cache) and times: `cp` of N
 botocore wheels one cp per file (compressible series), `cp` of 8 random 8 MiB files
-(incompressible), and reads of a 256 MiB random file: first (cold, cache empty), second
+(incompressible), a cold `find` over a 1,000-file 3-level tree written behind the mount (fresh
+mount, empty cache), and reads of a 256 MiB random file: first (cold, cache empty), second
 with the page cache dropped (served by dgfs's cache), third without dropping (kernel page
 cache if dgfs lets it). Machine load is printed with each round (2 shared cores: noisy).
 """
@@ -82,6 +83,17 @@ def one(tree: Path, env, s3, tag: str, work: Path, args, data) -> dict:
             (mp / "r").mkdir()
             res["random cp"] = timed(
                 lambda: [subprocess.run(["cp", p, mp / "r"], check=True) for p in data["random"]]
+            )
+        if "listing" in args.only:
+            for i in range(1000):  # 10 x 10 directories of 10 files, written behind the mount
+                s3.put_object(
+                    Bucket=bucket, Key=f"t/a{i // 100}/b{i // 10 % 10}/f{i % 10}", Body=b"x"
+                )
+            subprocess.run([PY, "-m", "dgfs.cli", "umount", str(mp)], env=env, cwd=tree, check=True)
+            subprocess.run(["rm", "-rf", str(cache)], check=True)
+            subprocess.run(cmd, env=env, cwd=tree, check=True, timeout=120)
+            res["find cold"] = timed(
+                lambda: subprocess.run(["find", mp / "t"], check=True, capture_output=True)
             )
         if "reads" in args.only:
             subprocess.run(["cp", data["big"], mp / "big.bin"], check=True)
