@@ -69,7 +69,7 @@ def one(tree: Path, env, s3, tag: str, work: Path, args, data) -> dict:
     mp.mkdir(parents=True, exist_ok=True)
     cache = work / f"cache-{bucket}"
     cmd = [PY, "-m", "dgfs.cli", "mount", bucket, str(mp), "--cache-dir", str(cache)]
-    cmd += ["--metadata-ttl", "1", "--log-file", str(work / f"{bucket}.log")]
+    cmd += ["--metadata-ttl", str(args.ttl), "--log-file", str(work / f"{bucket}.log")]
     subprocess.run(cmd, env=env, cwd=tree, check=True, timeout=120)
     res = {}
     try:
@@ -105,6 +105,8 @@ def one(tree: Path, env, s3, tag: str, work: Path, args, data) -> dict:
             drop_caches()
             res["read cached"] = timed(lambda: read_all(mp / "big.bin"))
             res["read again"] = timed(lambda: read_all(mp / "big.bin"))
+            drop_caches()
+            res["read local disk"] = timed(lambda: read_all(data["big"]))
     finally:
         subprocess.run([PY, "-m", "dgfs.cli", "umount", str(mp)], env=env, cwd=tree)
     return res
@@ -117,6 +119,7 @@ def main() -> int:
     ap.add_argument("--series", type=int, default=8)
     ap.add_argument("--big", type=int, default=256, help="MiB")
     ap.add_argument("--only", default="writes,reads")
+    ap.add_argument("--ttl", type=float, default=1.0, help="--metadata-ttl of the mounts")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dgfs-ab-"))
     server = localserver.start(work / "server")
