@@ -340,11 +340,12 @@ class DgfsOperations(pyfuse3.Operations):
         `page_cache_of` as the record's identity (stored key, ETag, SHA-256, size). The next
         read-only open of the same record keeps the pages (a second read never reaches the
         daemon); a record replaced since (seen by a lookup after the metadata TTL, or written
-        here) drops them. Writers, staged or dirty content and handles still open on an
-        older record make the pages untrusted until a later open drops them.
+        here) drops them. Writers, unsaved content and handles still open on an older record
+        make the pages untrusted until a later open drops them (a clean staged copy, kept
+        until the writer's release, is the record's content).
         """
         record = node.record
-        if writable or record is None or node.dirty or node.staging is not None:
+        if writable or record is None or node.dirty or node.writers:
             node.page_cache_of = None
             return False
         ident = (record.stored_key, record.etag, record.sha256, record.original_size)

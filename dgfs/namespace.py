@@ -67,6 +67,7 @@ class DirState:
 
     listing: DirListing
     fetched: float
+    ahead: bool = False  # fetched ahead, not yet asked for
 
 
 class Namespace:
@@ -123,17 +124,30 @@ class Namespace:
         fetched ahead and still in flight is waited for)."""
         if not refresh:
             state = self._fresh(path)
-            if state is not None:
-                return state
-            pending = self._fetching.get(path)
-            if pending is not None:
-                await pending.wait()
+            if state is None and path in self._fetching:
+                await self._fetching[path].wait()
                 state = self._fresh(path)
-                if state is not None:
-                    return state
+            if state is not None:
+                if state.ahead:  # what a listing does that is not left to a guess
+                    state.ahead = False
+                    self._note_empty_index(path, state.listing)
+                    await self._cleanup(state.listing)
+                return state
         state = await self._fetch(path, ahead=False)
         assert state is not None
         return state
+
+    def _note_empty_index(self, path: str, listing: DirListing) -> None:
+        """A directory listed empty but for its index: have the index dropped soon (not done
+        for a listing fetched ahead: re-fetched every TTL by `ls` of the parent, it would
+        keep postponing the index writer's quiet time)."""
+        if listing.private and not listing.files and not listing.dirs:
+            self.records.index_maybe_stale(self.key(path))  # it would keep the dir alive
+
+    async def _cleanup(self, listing: DirListing) -> None:
+        """Delete the older form of files listed as both `x` and `x.delta`."""
+        if listing.stale and not self.opts.read_only:
+            await self.threads.run(self.store.cleanup_stale, listing.stale)
 
     async def _fetch(self, path: str, ahead: bool) -> DirState | None:
         """LIST a directory (records prefetched per page) and cache the result. Fetched
@@ -147,10 +161,9 @@ class Namespace:
             )
             if ahead and (changes != self._changes or self._fresh(path) is not None):
                 return None
-            if listing.stale and not self.opts.read_only:
-                await self.threads.run(self.store.cleanup_stale, listing.stale)
-            if listing.private and not listing.files and not listing.dirs:
-                self.records.index_maybe_stale(self.key(path))  # it would keep the dir alive
+            if not ahead:
+                await self._cleanup(listing)
+                self._note_empty_index(path, listing)
             for key in listing.skipped:
                 if key not in self._warned:
                     self._warned.add(key)
@@ -160,7 +173,7 @@ class Namespace:
                     n: o for n, o in listing.files.items() if not self.excluded(join(path, n))
                 }
                 listing.dirs = {n for n in listing.dirs if not self.excluded(join(path, n))}
-            state = DirState(listing, now)
+            state = DirState(listing, now, ahead)
             self.dirs[path] = state
             return state
         finally:
