@@ -5,8 +5,9 @@ Fingerprints are content-defined: the `WIDTH` bytes after each occurrence of a t
 along with the content instead of changing them all. The estimate is the share of the
 target's fingerprints found among the reference's. A target with fewer than `MIN_SAMPLES`
 anchors (small files, plain text, which rarely holds the anchor bytes) gets no estimate and
-is encoded as before. A reference's fingerprints are kept in memory by its SHA-256 (a few
-hundred bytes per MiB), so a series pays one read of its reference per mount.
+is encoded as before. A reference's fingerprints (the samples' hashes, about 60 bytes per
+64 KiB: 2 MB for a 2 GiB reference) are kept in memory by its SHA-256 for the last `KEEP`
+references, so a series pays one read of its reference per mount.
 
 Measured (docs/benchmarks.md, issue #17): 8 random 8 MiB files against a random reference
 were each encoded for 6-8 s before being stored direct; the estimate reads each in ~20 ms.
@@ -22,13 +23,13 @@ ANCHOR = b"\x9e\x37"
 WIDTH = 48
 MIN_SAMPLES = 32
 CHUNK = 8 << 20
-KEEP = 64  # references remembered
+KEEP = 16  # references remembered
 
 
-def fingerprints(path: Path) -> frozenset[bytes]:
-    """The `WIDTH` bytes after every anchor in the file (read in chunks, anchors across chunk
-    boundaries included)."""
-    found: set[bytes] = set()
+def fingerprints(path: Path) -> frozenset[int]:
+    """Hashes of the `WIDTH` bytes after every anchor in the file (read in chunks, anchors
+    across chunk boundaries included; comparable within one process)."""
+    found: set[int] = set()
     tail = b""
     with path.open("rb") as f:
         while True:
@@ -39,14 +40,14 @@ def fingerprints(path: Path) -> frozenset[bytes]:
             while 0 <= pos < end:
                 sample = data[pos + len(ANCHOR) : pos + len(ANCHOR) + WIDTH]
                 if len(sample) == WIDTH:
-                    found.add(sample)
+                    found.add(hash(sample))
                 pos = data.find(ANCHOR, pos + 1)
             if not chunk:
                 return frozenset(found)
             tail = data[max(end, 0) :]
 
 
-def shared_share(target: frozenset[bytes], reference: frozenset[bytes]) -> float | None:
+def shared_share(target: frozenset[int], reference: frozenset[int]) -> float | None:
     """The share of the target's fingerprints that the reference has; None when the target
     has too few to tell."""
     if len(target) < MIN_SAMPLES:
@@ -58,11 +59,11 @@ class SimilarityIndex:
     """References' fingerprints by SHA-256 (thread-safe, the last `KEEP` used)."""
 
     def __init__(self) -> None:
-        self._refs: collections.OrderedDict[str, frozenset[bytes]] = collections.OrderedDict()
+        self._refs: collections.OrderedDict[str, frozenset[int]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.skipped = 0  # encodes not started because the estimate said hopeless
 
-    def reference(self, sha256: str, local: Path) -> frozenset[bytes]:
+    def reference(self, sha256: str, local: Path) -> frozenset[int]:
         """The fingerprints of the reference `sha256` (computed from `local` once)."""
         with self._lock:
             known = self._refs.get(sha256)
