@@ -76,3 +76,17 @@ def test_reader_open_across_a_change_keeps_pages_untrusted(mounter, bucket, obje
         os.close(old)
     assert _read(path) == new
     assert _read(path) == new
+
+
+def test_sequential_read_comes_in_large_requests(mnt):
+    """As root the mount's readahead is raised to 1 MiB (dgfs/mount.py: READAHEAD_KB), so a
+    sequential read of 8 MiB takes about 8 FUSE reads, not 64."""
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("the readahead knob in /sys needs root")
+    data = random_bytes(8 * MiB, 7)
+    (mnt.path / "big.bin").write_bytes(data)
+    before = _reads(mnt)
+    assert _read(mnt.path / "big.bin") == data
+    assert _reads(mnt) - before <= 24
