@@ -39,6 +39,7 @@ from core.policies import Candidate, ReferencePolicy, make_policy, stream
 from core.reader import Reader
 from core.references import References
 from core.scratch import private_dir
+from core.similarity import SimilarityIndex
 
 log = logging.getLogger("dgfs.store")
 
@@ -80,6 +81,7 @@ class DeltaStore:
         self.delta_stored = 0
         self.delta_saved_bytes = 0
         self._counts_lock = threading.Lock()
+        self.similarity = SimilarityIndex()  # hopeless encodes not started
         self.hidden_heads = stream.HiddenHeads(self.head_record)  # stream walks
         self.references = References(store, self.head_record, tool, self.scratch)
         self.reader = Reader(store, cache, self.workdir, self.hidden_heads)

@@ -339,6 +339,8 @@ def status_cmd(mountpoint: Path, flush: bool, as_json: bool) -> None:
         click.echo(f"  {line}")
     skipped = state.get("delta_attempts_skipped", 0)
     click.echo(f"delta attempts skipped (recent ones stored direct): {skipped}")
+    hopeless = state.get("delta_attempts_estimated_hopeless", 0)
+    click.echo(f"delta attempts skipped (similarity estimate too low): {hopeless}")
     rate = f"{cache.get('hits', 0) / lookups:.1%}" if lookups else "n/a"
     click.echo(
         f"cache hit rate:  {rate} ({cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses)"

@@ -85,12 +85,17 @@ class DgfsOperations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self.owner_uid = os.getuid()
         self.started_ns = time.time_ns()
+        self.read_requests = 0  # FUSE reads served (those the page cache did not answer)
 
     # ------------------------------------------------------------ helpers
 
     def status(self, show_keys: bool = True) -> dict:
         """What `dgfs status` shows (dgfs/status.py)."""
-        return mount_status(self.writeback, self.store, self.cache, show_keys)
+        return {
+            **mount_status(self.writeback, self.store, self.cache, show_keys),
+            "read_requests": self.read_requests,
+            "listings_fetched_ahead": self.namespace.prefetched,
+        }
 
     def _key(self, path: str) -> str:
         return self.namespace.key(path)
@@ -379,10 +384,35 @@ class DgfsOperations(pyfuse3.Operations):
             check_record(node.record)  # metadata that cannot describe real content: EIO, logged
         if truncating:
             await self.writeback.truncate(node, 0)
+        keep_cache = self._page_cache_valid(node, writable)
         fh = self._open_handle(node, writable)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+
+    def _page_cache_valid(self, node: Node, writable: bool) -> bool:
+        """Whether the kernel may keep the file's cached pages at this open (`keep_cache`).
+
+        An open without it drops them, so afterwards the page cache holds only what is read
+        through handles opened on the record current at that open: remembered in
+        `page_cache_of` as the record's identity (stored key, ETag, SHA-256, size). The next
+        read-only open of the same record keeps the pages (a second read never reaches the
+        daemon); a record replaced since (seen by a lookup after the metadata TTL, or written
+        here) drops them. Writers, unsaved content and handles still open on an older record
+        make the pages untrusted until a later open drops them (a clean staged copy, kept
+        until the writer's release, is the record's content).
+        """
+        record = node.record
+        if writable or record is None or node.dirty or node.writers:
+            node.page_cache_of = None
+            return False
+        ident = (record.stored_key, record.etag, record.sha256, record.original_size)
+        if node.page_cache_of == ident:
+            return True
+        # other handles open on this node may still fill pages from what they opened
+        node.page_cache_of = ident if node.open_handles == 0 else None
+        return False
 
     async def read(self, fh, off, size):
+        self.read_requests += 1
         handle = self.handles[fh]
         node = handle.node
         if node.staging is not None:

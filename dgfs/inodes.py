@@ -41,6 +41,7 @@ class Node:
     upload_error: int | None = None
     defer_until: float = 0.0  # monotonic deadline of a closed temp file awaiting its rename
     created_excl: bool = False  # created with O_EXCL (as rsync's mkstemp creates temp files)
+    page_cache_of: tuple | None = None  # content the kernel's page cache holds (fs.py: open)
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property

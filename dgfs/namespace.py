@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import trio
+
 from core import layout
 from core.deltastore import DeltaStore
 from core.layout import Kind, ObjectRecord, PosixAttrs
@@ -25,6 +27,9 @@ from dgfs.threads import Threads
 log = logging.getLogger("dgfs.fs")
 
 Entry = tuple[str, bool, ObjectRecord | None]  # name, is a directory, record (None: unsaved)
+
+PREFETCH_PARALLEL = 4  # subdirectory listings fetched ahead at once (all directories)
+PREFETCH_MAX = 64  # subdirectories of one listed directory fetched ahead, at most
 
 
 def join(parent: str, name: str) -> str:
@@ -62,6 +67,7 @@ class DirState:
 
     listing: DirListing
     fetched: float
+    ahead: bool = False  # fetched ahead, not yet asked for
 
 
 class Namespace:
@@ -83,6 +89,10 @@ class Namespace:
         self.dirs: dict[str, DirState] = {}
         self.dir_stats = DirStats(store, self.records, self.key, opts.metadata_ttl, threads.limiter)
         self._warned: set[str] = set()
+        self._fetching: dict[str, trio.Event] = {}  # listings in flight, by path
+        self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_PARALLEL)
+        self._changes = 0  # local changes to cached listings (a prefetch racing one is dropped)
+        self.prefetched = 0  # listings fetched ahead and kept
 
     def close(self) -> None:
         """Persist and close the record cache."""
@@ -103,29 +113,100 @@ class Namespace:
 
     # ------------------------------------------------------------ listings
 
-    async def listing(self, path: str, refresh: bool = False) -> DirState:
-        """The listing of a directory, re-listed when older than the metadata TTL."""
+    def _fresh(self, path: str) -> DirState | None:
         state = self.dirs.get(path)
-        now = time.monotonic()
-        if state is not None and not refresh and now - state.fetched < self.opts.metadata_ttl:
+        if state is not None and time.monotonic() - state.fetched < self.opts.metadata_ttl:
             return state
-        listing = await self.threads.run(self.store.list_dir, self.key(path), self.records.prefetch)
-        if listing.stale and not self.opts.read_only:
-            await self.threads.run(self.store.cleanup_stale, listing.stale)
+        return None
+
+    async def listing(self, path: str, refresh: bool = False) -> DirState:
+        """The listing of a directory, re-listed when older than the metadata TTL (one
+        fetched ahead and still in flight is waited for)."""
+        if not refresh:
+            state = self._fresh(path)
+            if state is None and path in self._fetching:
+                await self._fetching[path].wait()
+                state = self._fresh(path)
+            if state is not None:
+                if state.ahead:  # what a listing does that is not left to a guess
+                    state.ahead = False
+                    self._note_empty_index(path, state.listing)
+                    await self._cleanup(state.listing)
+                return state
+        state = await self._fetch(path, ahead=False)
+        assert state is not None
+        return state
+
+    def _note_empty_index(self, path: str, listing: DirListing) -> None:
+        """A directory listed empty but for its index: have the index dropped soon (not done
+        for a listing fetched ahead: re-fetched every TTL by `ls` of the parent, it would
+        keep postponing the index writer's quiet time)."""
         if listing.private and not listing.files and not listing.dirs:
             self.records.index_maybe_stale(self.key(path))  # it would keep the dir alive
-        for key in listing.skipped:
-            if key not in self._warned:
-                self._warned.add(key)
-                log.warning("%s: key cannot be shown as a file name; skipped", key)
-        if self.opts.exclude:
-            listing.files = {
-                n: o for n, o in listing.files.items() if not self.excluded(join(path, n))
-            }
-            listing.dirs = {n for n in listing.dirs if not self.excluded(join(path, n))}
-        state = DirState(listing, now)
-        self.dirs[path] = state
-        return state
+
+    async def _cleanup(self, listing: DirListing) -> None:
+        """Delete the older form of files listed as both `x` and `x.delta`."""
+        if listing.stale and not self.opts.read_only:
+            await self.threads.run(self.store.cleanup_stale, listing.stale)
+
+    async def _fetch(self, path: str, ahead: bool) -> DirState | None:
+        """LIST a directory (records prefetched per page) and cache the result. Fetched
+        `ahead`, it is kept only if no local change happened meanwhile (None then): a file
+        written here while the LIST ran must not vanish from a cached listing."""
+        done, changes, now = trio.Event(), self._changes, time.monotonic()
+        self._fetching.setdefault(path, done)
+        try:
+            listing = await self.threads.run(
+                self.store.list_dir, self.key(path), self.records.prefetch
+            )
+            if ahead and (changes != self._changes or self._fresh(path) is not None):
+                return None
+            if not ahead:
+                await self._cleanup(listing)
+                self._note_empty_index(path, listing)
+            for key in listing.skipped:
+                if key not in self._warned:
+                    self._warned.add(key)
+                    log.warning("%s: key cannot be shown as a file name; skipped", key)
+            if self.opts.exclude:
+                listing.files = {
+                    n: o for n, o in listing.files.items() if not self.excluded(join(path, n))
+                }
+                listing.dirs = {n for n in listing.dirs if not self.excluded(join(path, n))}
+            state = DirState(listing, now, ahead)
+            self.dirs[path] = state
+            return state
+        finally:
+            if self._fetching.get(path) is done:
+                del self._fetching[path]
+            done.set()
+
+    def _fetch_ahead(self, path: str, names: set[str]) -> None:
+        """Start LISTs of subdirectories not cached (a `find` or `ls -R` goes there next):
+        in the background, a few at a time, their records' HEADs and index GETs started
+        per LIST page as for any listing."""
+        todo = sorted(
+            join(path, n)
+            for n in names
+            if self._fresh(join(path, n)) is None and join(path, n) not in self._fetching
+        )[:PREFETCH_MAX]
+        if todo:
+            trio.lowlevel.spawn_system_task(self._fetch_all_ahead, todo)
+
+    async def _fetch_all_ahead(self, paths: list[str]) -> None:
+        async with trio.open_nursery() as nursery:
+            for path in paths:
+                nursery.start_soon(self._fetch_one_ahead, path)
+
+    async def _fetch_one_ahead(self, path: str) -> None:
+        async with self._prefetch_limiter:
+            if self._fresh(path) is not None or path in self._fetching:
+                return
+            try:
+                if await self._fetch(path, ahead=True) is not None:
+                    self.prefetched += 1
+            except Exception as exc:  # only a guess: the real listing reports its errors
+                log.debug("listing %s ahead failed: %s", path, exc)
 
     async def entries(self, path: str) -> list[Entry]:
         """A directory's entries sorted by name, with records and subdirectory attributes
@@ -141,6 +222,7 @@ class Namespace:
         for name in state.listing.dirs:
             found[name] = (name, True, None)
         await self._load_dir_attrs(path, state.listing.dirs)
+        self._fetch_ahead(path, state.listing.dirs)
         for child in self.inodes.dirty_nodes():
             parent, _, name = (child.path or "").rpartition("/")
             if child.path and parent == path:
@@ -212,6 +294,7 @@ class Namespace:
 
     def note_file(self, path: str, record: ObjectRecord | None) -> None:
         """Keep the parent's cached listing in step with a local change (None = removed)."""
+        self._changes += 1
         parent, _, name = path.rpartition("/")
         self.dir_stats.invalidate(parent)
         state = self.dirs.get(parent)
@@ -229,6 +312,7 @@ class Namespace:
 
     def note_dir(self, path: str, present: bool) -> None:
         """Add a directory to (or drop it from) its parent's cached listing."""
+        self._changes += 1
         parent, _, name = path.rpartition("/")
         state = self.dirs.get(parent)
         if state is not None:
@@ -288,4 +372,5 @@ class Namespace:
 
     def forget_listings(self) -> None:
         """Drop every cached listing (files appeared behind the mount's back)."""
+        self._changes += 1
         self.dirs.clear()

@@ -21,6 +21,7 @@ def mount_status(writeback: WriteBack, store: DeltaStore, cache, show_keys: bool
         "failed_uploads": dict(writeback.failed_uploads),
         "s3_requests": store.requests,
         "delta_attempts_skipped": store.backoff.skipped,
+        "delta_attempts_estimated_hopeless": store.similarity.skipped,
         "recovery": dict(recovery),
         "cache": cache.stats().as_dict() if cache is not None else {},
     }

@@ -3,7 +3,9 @@
 The first delta-eligible file written to a deltaspace becomes its reference (created with
 If-None-Match: *, so concurrent first writers agree on one) and is stored as a zero-diff
 self-delta, as deltaglider does. Later files are encoded against it, never replaced; a delta
-larger than `max_ratio` × the file is stored direct.
+larger than `max_ratio` × the file is stored direct, and so is a file that the similarity
+estimate (core/similarity.py) finds sharing too little with the reference to be worth an
+encode.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ class DeltagliderPolicy(ReferencePolicy):
                     store.reader.reference_file(ref.key, ref.sha256, local)
                     same_suffix = suffix_of(name) == suffix_of(ref.source_name) != ""
                     if not looks_related(sniff(src), sniff(local), same_suffix):
+                        return None
+                    max_ratio = store.settings.max_ratio
+                    archives = store.settings.archive_deltas  # bytes may differ, content not
+                    if not archives and store.similarity.hopeless(
+                        src, ref.sha256, local, max_ratio
+                    ):
+                        log.info("%s: shares too little with %s (estimate); storing direct",
+                                 logical_key, ref.key)  # fmt: skip
                         return None
                 limit = None if ref.sha256 == sha else int(store.settings.max_ratio * size)
                 candidate = Candidate(ref.key, ref.sha256, ref.source_name)
