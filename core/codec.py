@@ -129,33 +129,12 @@ def check_round_trip(reference: Path, delta: Path, sha256: str, size: int) -> No
 
 
 def _encode_bounded(args: list[str], out: Path, limit: int, target: Path) -> int | None:
-    what = f"encode {target.name}"
-    try:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except OSError as exc:
-        raise CodecError(f"{what}: cannot run xdelta3: {exc}") from None
-    written = 0
-    try:
-        with out.open("wb") as f:
-            while chunk := proc.stdout.read(1 << 16):
-                written += len(chunk)
-                if written > limit:
-                    proc.kill()
-                    return None
-                f.write(chunk)
-    except OSError as exc:
-        proc.kill()
-        if exc.errno == errno.ENOSPC:
-            raise NoSpace(f"{what}: {exc}") from None
-        raise
-    finally:
-        proc.stdout.close()
-        stderr = proc.stderr.read()
-        proc.stderr.close()
-        proc.wait()
-    if proc.returncode != 0:
-        _fail(what, proc.returncode, stderr)
-    return written
+    # 64 KiB reads: the bound stops an encode soon after its output passes it
+    with out.open("wb") as f:
+        try:
+            return _stream(args, f.write, limit, f"encode {target.name}", 1 << 16)
+        except _OverBound:
+            return None
 
 
 def decode(reference: Path, delta: Path, out: Path, max_size: int | None = None) -> None:
@@ -193,33 +172,55 @@ def _decode_to(
     args += ["-B", str(_source_window(reference)), "-s", str(reference), str(delta)]
     timeout = DECODE_SECONDS_MIN + (max_size or 0) / DECODE_BYTES_PER_SECOND
     try:
+        _stream(args, sink, max_size, what, CHUNK, timeout)
+    except _OverBound:
+        raise OutputTooLarge(f"{what}: output exceeds the expected {max_size} bytes") from None
+
+
+class _OverBound(Exception):
+    """A piped xdelta3 run's output passed its bound (the process was killed)."""
+
+
+def _stream(
+    args: list[str],
+    sink: Callable[[bytes], object],
+    bound: int | None,
+    what: str,
+    chunk: int,
+    timeout: float | None = None,
+) -> int:
+    """Run xdelta3 with its output on a pipe, fed to `sink` `chunk` bytes at a time; returns
+    the bytes written. _OverBound once the output passes `bound`; killed after `timeout` s."""
+    try:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
         raise CodecError(f"{what}: cannot run xdelta3: {exc}") from None
-    timer = _Deadline(proc, timeout)
+    timer = _Deadline(proc, timeout) if timeout is not None else None
     written = 0
     try:
-        while chunk := proc.stdout.read(CHUNK):
-            written += len(chunk)
-            if max_size is not None and written > max_size:
+        while data := proc.stdout.read(chunk):
+            written += len(data)
+            if bound is not None and written > bound:
                 proc.kill()
-                raise OutputTooLarge(f"{what}: output exceeds the expected {max_size} bytes")
-            sink(chunk)
+                raise _OverBound
+            sink(data)
     except OSError as exc:
         proc.kill()
         if exc.errno == errno.ENOSPC:
             raise NoSpace(f"{what}: {exc}") from None
         raise
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
         proc.stdout.close()
         stderr = proc.stderr.read()
         proc.stderr.close()
         proc.wait()
-    if timer.expired:
+    if timer is not None and timer.expired:
         raise CodecError(f"{what}: xdelta3 took longer than {timeout:.0f} s; stopped")
     if proc.returncode != 0:
         _fail(what, proc.returncode, stderr)
+    return written
 
 
 class _Deadline:
