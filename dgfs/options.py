@@ -16,7 +16,8 @@ def default_upload_workers() -> int:
 
 def write_back_mode(value: str | None, env: dict | None = None) -> str:
     """`--write-back`, else `DG_WRITE_BACK`, else "sync"; ValueError for anything else."""
-    text = value if value is not None else (env or os.environ).get("DG_WRITE_BACK", "sync")
+    env = os.environ if env is None else env
+    text = value if value is not None else env.get("DG_WRITE_BACK", "sync")
     mode = (text or "sync").strip().lower()
     if mode not in WRITE_BACK_MODES:
         raise ValueError(f"write-back mode {text!r}: use sync or async")

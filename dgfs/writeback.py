@@ -191,6 +191,7 @@ class WriteBack:
             await self._upload_closed(node)
             if retry:
                 log.info("upload of %s succeeded on retry", node.path)
+        self.inodes.release(node)  # clean now: forgotten unless the kernel still knows it
 
     async def _drop_staging(self, node: Node) -> None:
         """After the last close of a clean file: move its content into the cache, free staging."""

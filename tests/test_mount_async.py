@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import NotFound
+from dgfs.cli import parse_o_options
+from dgfs.options import write_back_mode
 from tests.datagen import random_bytes, version_series
 from tests.faultproxy import FaultProxy, Rule
 from tests.mounting import mount_status
@@ -169,3 +171,12 @@ def test_kill9_with_pending_uploads_then_remount_recovers(
     assert recovery["state"] == "done", recovery
     assert len(recovery["report"]) == len(files), recovery
     assert cold_files(mounter, bucket, files) == files
+
+
+def test_option_parsing():
+    assert parse_o_options(("write_back=async",)) == {"write_back": "async"}
+    assert write_back_mode(None, {}) == "sync"
+    assert write_back_mode(None, {"DG_WRITE_BACK": "ASYNC"}) == "async"
+    assert write_back_mode("sync", {"DG_WRITE_BACK": "async"}) == "sync"
+    with pytest.raises(ValueError):
+        write_back_mode("later", {})
