@@ -411,14 +411,13 @@ class WriteBack:
         chmod/utimes/chown then rename cost one copy, not four). An upload in flight lands
         first: the change is not lost when it marks the file clean."""
         async with node.lock:
-            unsaved = node.dirty or node.record is None
-            if unsaved:
+            if node.dirty or node.record is None:
                 node.pending = new
             elif changed:
                 node.pending = new
                 if not node.attrs_dirty:
                     node.attrs_dirty, node.attrs_since = True, time.monotonic()
-        if not unsaved or node.writers or node.defer_until:
+        if not node.dirty or node.writers or node.defer_until:
             return
         if self.asynchronous:
             await self._make_durable(node)  # the sidecar carries the new attributes
@@ -427,14 +426,16 @@ class WriteBack:
             await self.upload(node)
 
     async def set_user_xattrs(self, node: Node, values: dict[str, bytes]) -> None:
-        """Replace a file's user xattrs (with its pending upload if it has one)."""
-        if node.dirty or node.record is None:
-            node.xattrs = values  # carried by the pending upload
-            return
-        attrs = self.effective_attrs(node)
-        node.record = await self.threads.run(self.store.set_attrs, node.record, attrs, values)
-        node.attrs_dirty, node.pending = False, None
-        self.namespace.records.remember(node.record)
+        """Replace a file's user xattrs (with its pending upload if it has one; one in
+        flight lands first)."""
+        async with node.lock:
+            if node.dirty or node.record is None:
+                node.xattrs = values  # carried by the pending upload
+                return
+            attrs = self.effective_attrs(node)
+            record = await self.threads.run(self.store.set_attrs, node.record, attrs, values)
+            node.record, node.attrs_dirty, node.pending = record, False, None
+            self.namespace.records.remember(node.record)
 
     async def apply_attrs(self, node: Node) -> None:
         """Write coalesced attribute changes of a clean file (one self-copy)."""
