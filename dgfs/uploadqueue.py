@@ -7,8 +7,9 @@ mount's: at unmount it is left open until every submitted upload has finished.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -25,6 +26,7 @@ class UploadQueue:
         self.nursery: trio.Nursery | None = None  # set by the mount while serving
         self.queued: set[Node] = set()
         self.active: set[Node] = set()
+        self._first: dict[str, trio.Event] = {}  # deltaspace → its first upload's end
 
     def submit(self, node: Node, upload: Callable[[Node], Awaitable[None]]) -> None:
         """Run `upload(node)` in the background unless it is already waiting to start."""
@@ -45,6 +47,24 @@ class UploadQueue:
                 log.exception("background upload of %s failed unexpectedly", node.path)
             finally:
                 self.active.discard(node)
+
+    @contextlib.asynccontextmanager
+    async def first_in(self, space: str, has_reference: Callable[[], bool]) -> AsyncIterator[None]:
+        """Run alone in a deltaspace whose reference this mount has not seen yet: its first
+        upload may create `reference.bin`, and concurrent ones would race to create it (the
+        losers sending their bytes for nothing, then fetching the winner's). Later uploads
+        there wait for it."""
+        while (first := self._first.get(space)) is not None:
+            await first.wait()
+        if has_reference():
+            yield
+            return
+        first = self._first[space] = trio.Event()
+        try:
+            yield
+        finally:
+            del self._first[space]
+            first.set()
 
     def busy(self, node: Node) -> bool:
         """Whether the file waits for or is in a background upload."""

@@ -25,7 +25,7 @@ import trio
 from core.cache import NotCacheable
 from core.deltastore import DeltaStore
 from core.errors import DgError
-from core.layout import ObjectRecord, PosixAttrs
+from core.layout import ObjectRecord, PosixAttrs, deltaspace_of
 from dgfs.errors import ErrnoError, errno_for
 from dgfs.inodes import Node
 from dgfs.namespace import Namespace
@@ -187,10 +187,13 @@ class WriteBack:
         if node.writers or node.path is None or node.defer_until:
             return
         retry = node.upload_error is not None
-        with contextlib.suppress(UploadFailed):
-            await self._upload_closed(node)
-            if retry:
-                log.info("upload of %s succeeded on retry", node.path)
+        space = deltaspace_of(self.namespace.key(node.path))
+        known = self.store.references.known
+        async with self.queue.first_in(space, lambda: known(space) is not None):
+            with contextlib.suppress(UploadFailed):
+                await self._upload_closed(node)
+                if retry:
+                    log.info("upload of %s succeeded on retry", node.path)
         self.inodes.release(node)  # clean now: forgotten unless the kernel still knows it
 
     async def _drop_staging(self, node: Node) -> None:
