@@ -340,6 +340,9 @@ def status_cmd(mountpoint: Path, flush: bool, as_json: bool) -> None:
     click.echo(f"pending uploads: {_count(pending)}{hidden}")
     for key in pending if isinstance(pending, list) else ():
         click.echo(f"  {key}")
+    wb = state.get("write_back", {})
+    if wb.get("mode") == "async":
+        click.echo(f"write-back:      async, {wb['running']} running, {wb['queued']} queued")
     click.echo(f"failed uploads:  {_count(failed)}{hidden}")
     for key, why in failed.items() if isinstance(failed, dict) else ():
         click.echo(f"  {key}: {why}")

@@ -288,6 +288,12 @@ class WriteBack:
         elif not self.defer(node):
             await self.upload(node)
 
+    async def made_by_mknod(self, node: Node) -> None:
+        """A regular file made by mknod (no close() follows): in async mode durable before
+        the reply, as a closed file is (sync mode uploads it at its release)."""
+        if self.asynchronous:
+            await self._make_durable(node)
+
     async def fsync(self, node: Node) -> None:
         """Store content and attributes now."""
         if node.dirty:

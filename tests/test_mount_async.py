@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from dgfs.cli import parse_o_options
 from dgfs.options import write_back_mode
 from tests.datagen import random_bytes, version_series
 from tests.faultproxy import FaultProxy, Rule
-from tests.mounting import mount_status
+from tests.mounting import DGFS, mount_status
 from tests.test_mount_recovery import kill_daemon, recovery_done
 
 ASYNC = ("--write-back", "async")
@@ -75,6 +76,8 @@ def test_close_returns_before_the_upload_and_fsync_waits(
     assert status["pending_uploads"] == ["a.bin"]
     assert status["write_back"]["mode"] == "async"
     assert status["write_back"]["queued"] + status["write_back"]["running"] == 1
+    text = subprocess.run([*DGFS, "status", str(m.path)], capture_output=True, text=True).stdout
+    assert "pending uploads: 1" in text and "write-back:      async, " in text, text
     # the pending file reads and stats as written (from its staged copy)
     assert os.stat(m.path / "a.bin").st_size == len(data)
     assert (m.path / "a.bin").read_bytes() == data
@@ -123,12 +126,13 @@ def test_changes_to_pending_files_are_kept_in_order(proxy, mounter, bucket, delt
     cp(tmp_path / "v1", m.path / "short.bin")
     os.truncate(m.path / "short.bin", 1000)
     assert os.stat(m.path / "short.bin").st_size == 1000
+    os.mknod(m.path / "empty", stat.S_IFREG | 0o644)
     done = m.umount()
     assert done.returncode == 0, done.stderr + m.log_text()[-3000:]
     assert not stored(deltastore, "b.bin") and not stored(deltastore, "gone.bin")
-    got = cold_files(mounter, bucket, ["a.bin", "c.bin", "short.bin"])
-    assert got == {"a.bin": v2, "c.bin": other, "short.bin": v1[:1000]}
-    assert sorted(os.listdir(tmp_path / "cold")) == ["a.bin", "c.bin", "short.bin"]
+    got = cold_files(mounter, bucket, ["a.bin", "c.bin", "short.bin", "empty"])
+    assert got == {"a.bin": v2, "c.bin": other, "short.bin": v1[:1000], "empty": b""}
+    assert sorted(os.listdir(tmp_path / "cold")) == ["a.bin", "c.bin", "empty", "short.bin"]
 
 
 def test_failed_upload_fails_fsync_and_reaches_s3_later(
