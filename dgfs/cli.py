@@ -212,6 +212,18 @@ def _mount_options(f):
             help="Seconds a closed rsync temp file (.NAME.XXXXXX) waits for its rename before"
             " it is uploaded (default 5; 0: at close like any file).",
         ),
+        click.option(
+            "--write-back",
+            type=click.Choice(["sync", "async"], case_sensitive=False),
+            help="sync: close() returns once the file is in S3; async: once it is staged"
+            " durably on local disk, uploaded in the background (fsync and umount wait for"
+            " it). Default: DG_WRITE_BACK or sync.",
+        ),
+        click.option(
+            "--upload-workers",
+            type=int,
+            help="Background uploads at a time in async mode (default: CPUs, at least 2).",
+        ),
         click.option("--path-style", is_flag=True, help="Path-style S3 addressing."),
         click.option("--ca-bundle", type=click.Path(), help="CA bundle for TLS."),
         click.option("--no-verify-ssl", is_flag=True, help="Do not verify TLS certificates."),
@@ -328,6 +340,9 @@ def status_cmd(mountpoint: Path, flush: bool, as_json: bool) -> None:
     click.echo(f"pending uploads: {_count(pending)}{hidden}")
     for key in pending if isinstance(pending, list) else ():
         click.echo(f"  {key}")
+    wb = state.get("write_back", {})
+    if wb.get("mode") == "async":
+        click.echo(f"write-back:      async, {wb['running']} running, {wb['queued']} queued")
     click.echo(f"failed uploads:  {_count(failed)}{hidden}")
     for key, why in failed.items() if isinstance(failed, dict) else ():
         click.echo(f"  {key}: {why}")

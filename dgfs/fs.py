@@ -340,6 +340,7 @@ class DgfsOperations(pyfuse3.Operations):
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         if stat.S_ISREG(mode) or not stat.S_IFMT(mode):
             info, entry = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+            await self.writeback.made_by_mknod(self.handles[info.fh].node)
             await self.release(info.fh)
             return entry
         if not layout.is_special(stat.S_IFMT(mode)):

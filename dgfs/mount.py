@@ -264,6 +264,24 @@ async def _serve(
 ) -> list[str]:
     if exporter is not None:
         exporter.sources.trio_token = trio.lowlevel.current_trio_token()
+    queue = ops.writeback.queue
+    # async write-back: background uploads outlive serving; leaving this block waits for them
+    async with trio.open_nursery() as uploads:
+        queue.nursery = uploads
+        await _serve_requests(ops, ready_fd, where, mountpoint)
+        waiting = len(queue.queued) + len(queue.active)
+        if waiting:
+            log.info("unmounting: waiting for %d background upload(s)", waiting)
+        if sdnotify.enabled():
+            pending, _ = ops.writeback.pending_keys()
+            sdnotify.notify("STOPPING=1", f"STATUS=unmounting: {len(pending)} upload(s) to finish")
+    return await ops.writeback.flush_all()
+
+
+async def _serve_requests(
+    ops: DgfsOperations, ready_fd: int | None, where: str, mountpoint: Path
+) -> None:
+    """Answer FUSE requests (and run the mount's background tasks) until unmounted."""
     async with trio.open_nursery() as nursery:
         ops.namespace.dir_stats.nursery = nursery
         nursery.start_soon(_on_signals)
@@ -284,10 +302,6 @@ async def _serve(
             nursery.start_soon(_notify_status, ops, where)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
-    if sdnotify.enabled():
-        uploads, _ = ops.writeback.pending_keys()
-        sdnotify.notify("STOPPING=1", f"STATUS=unmounting: {len(uploads)} upload(s) to finish")
-    return await ops.writeback.flush_all()
 
 
 NOTIFY_STATUS_SECONDS = 5.0

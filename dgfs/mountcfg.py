@@ -17,7 +17,7 @@ from core.config import (
 )
 from dgfs.logfmt import EscapingFormatter
 from dgfs.mount import MountConfig
-from dgfs.options import FsOptions, parse_source
+from dgfs.options import FsOptions, parse_source, write_back_mode
 
 INT_OPTIONS = {
     "uid",
@@ -26,6 +26,7 @@ INT_OPTIONS = {
     "memory_cache_size",
     "max_delta_size",
     "rename_dir_limit",
+    "upload_workers",
     "ready_fd",
 }
 PATTERN_OPTIONS = {"no_delta", "exclude"}
@@ -125,8 +126,15 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
         )
     except (ConfigError, CacheConfigError) as exc:
         raise ConfigProblem(str(exc)) from None
+    try:
+        write_back = write_back_mode(opts.get("write_back"))
+    except ValueError as exc:
+        raise ConfigProblem(str(exc)) from None
+    if opts.get("upload_workers") is not None and opts["upload_workers"] < 1:
+        raise ConfigProblem("upload workers: at least 1")
     fs = FsOptions(
         cache_base=cache.cache_dir,
+        write_back=write_back,
         prefix=prefix,
         read_only=bool(opts.get("read_only")),
         exclude=tuple(opts.get("exclude") or ()),
@@ -134,7 +142,8 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
         suid=bool(opts.get("suid")),
         dev=bool(opts.get("dev")),
     )
-    for name in ("uid", "gid", "metadata_ttl", "rename_dir_limit", "temp_upload_delay"):
+    names = ("uid", "gid", "metadata_ttl", "rename_dir_limit", "temp_upload_delay")
+    for name in (*names, "upload_workers"):
         if opts.get(name) is not None:
             setattr(fs, name, opts[name])
     if opts.get("umask"):

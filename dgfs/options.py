@@ -6,6 +6,23 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+WRITE_BACK_MODES = ("sync", "async")
+
+
+def default_upload_workers() -> int:
+    """Concurrent background uploads in async mode: one per CPU, at least 2."""
+    return max(2, os.cpu_count() or 1)
+
+
+def write_back_mode(value: str | None, env: dict | None = None) -> str:
+    """`--write-back`, else `DG_WRITE_BACK`, else "sync"; ValueError for anything else."""
+    env = os.environ if env is None else env
+    text = value if value is not None else env.get("DG_WRITE_BACK", "sync")
+    mode = (text or "sync").strip().lower()
+    if mode not in WRITE_BACK_MODES:
+        raise ValueError(f"write-back mode {text!r}: use sync or async")
+    return mode
+
 
 @dataclass
 class FsOptions:
@@ -29,6 +46,8 @@ class FsOptions:
     dir_index: bool = True
     suid: bool = False  # trust setuid/setgid/sticky bits from other tools' `mode` metadata
     dev: bool = False  # show device, FIFO and socket types from metadata (else regular files)
+    write_back: str = "sync"  # "async": close() returns once staged durably (docs/SEMANTICS.md)
+    upload_workers: int = field(default_factory=default_upload_workers)
 
 
 def parse_source(source: str) -> tuple[str, str]:

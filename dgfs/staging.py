@@ -56,16 +56,39 @@ class StagingArea:
         path = self.path / uuid.uuid4().hex
         return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
-    def mark_dirty(self, path: Path, key: str, attrs: PosixAttrs, base: Base) -> None:
+    def mark_dirty(
+        self, path: Path, key: str, attrs: PosixAttrs, base: Base, durable: bool = False
+    ) -> None:
         """Record where a dirty staging file belongs and what it replaces (atomic write of its
-        sidecar)."""
+        sidecar; `durable`: fsynced, and the directory too, before returning)."""
         sidecar = path.with_name(path.name + SIDECAR)
         tmp = sidecar.with_name(sidecar.name + ".tmp")
         info = {"endpoint": self.endpoint, "bucket": self.bucket, "key": key}
         info.update(attrs=asdict(attrs), base=list(base) if base else None)
-        tmp.write_text(json.dumps(info))
-        os.chmod(tmp, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(info).encode())
+            os.fchmod(fd, 0o600)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         tmp.replace(sidecar)
+        if durable:
+            self._sync_dir()
+
+    def make_durable(self, path: Path, fd: int, key: str, attrs: PosixAttrs, base: Base) -> None:
+        """Async write-back at close(): the staged content and its sidecar (both names
+        included) survive a crash, so the next mount's recovery finds them."""
+        os.fsync(fd)
+        self.mark_dirty(path, key, attrs, base, durable=True)
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def mark_clean(self, path: Path) -> None:
         path.with_name(path.name + SIDECAR).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ def mount_status(writeback: WriteBack, store: DeltaStore, cache, show_keys: bool
         "pending_uploads": uploads,
         "pending_attributes": attributes,
         "failed_uploads": dict(writeback.failed_uploads),
+        "write_back": {"mode": writeback.opts.write_back, **writeback.queue.status()},
         "s3_requests": store.requests,
         "delta_attempts_skipped": store.backoff.skipped,
         "delta_attempts_estimated_hopeless": store.similarity.skipped,

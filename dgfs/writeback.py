@@ -5,6 +5,9 @@ A written file gets a private staging file (dgfs/staging.py) that holds its curr
 it is uploaded at close (or later: a temp file waits for its rename, a failed upload is
 retried in the background) and moved into the content cache once clean. Failures are raised
 as UploadFailed(errno) after logging; the staged data is kept.
+
+In async mode (`--write-back async`) close() only makes the staged copy durable; the upload,
+the same one, runs in the background (dgfs/uploadqueue.py) and fsync() waits for it.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import trio
 from core.cache import NotCacheable
 from core.deltastore import DeltaStore
 from core.errors import DgError
-from core.layout import ObjectRecord, PosixAttrs
+from core.layout import ObjectRecord, PosixAttrs, deltaspace_of
 from dgfs.errors import ErrnoError, errno_for
 from dgfs.inodes import Node
 from dgfs.namespace import Namespace
 from dgfs.options import FsOptions
 from dgfs.staging import StagingArea, orphaned_count, recover
 from dgfs.threads import Threads
+from dgfs.uploadqueue import UploadQueue
 
 log = logging.getLogger("dgfs.fs")
 
@@ -63,6 +67,8 @@ class WriteBack:
         self.threads = threads
         self.failed_uploads: dict[str, str] = {}  # key → why its last upload failed
         self.recovery: dict = {"state": "pending"}  # crash recovery at mount: `dgfs status`
+        self.queue = UploadQueue(opts.upload_workers)
+        self.asynchronous = opts.write_back == "async"
 
     # ------------------------------------------------------------ attributes as they are now
 
@@ -93,10 +99,11 @@ class WriteBack:
 
     async def start_new(self, node: Node, attrs: PosixAttrs, excl: bool) -> None:
         """A file created (or re-created) empty with these attributes."""
-        node.pending = attrs
-        node.created_excl = excl
-        await self._ensure_staging(node, keep_content=False)
-        self._make_dirty(node)
+        async with node.lock:  # an upload of its staged copy in flight lands first
+            node.pending = attrs
+            node.created_excl = excl
+            await self._ensure_staging(node, keep_content=False)
+            self._make_dirty(node)
 
     async def write(self, node: Node, off: int, buf: bytes) -> int:
         """Write into the file's staged copy; returns the bytes written."""
@@ -152,11 +159,42 @@ class WriteBack:
             self._mark_staged(node, node.path)
         node.dirty = True
 
+    def _recovery_info(self, node: Node, path: str) -> tuple:
+        """Where a dirty file belongs, its attributes and the object it replaces."""
+        base = (node.record.stored_key, node.record.etag) if node.record is not None else None
+        return self.namespace.key(path), self.effective_attrs(node), base
+
     def _mark_staged(self, node: Node, path: str) -> None:
         """Record for crash recovery where a dirty file belongs and which object it replaces."""
-        base = (node.record.stored_key, node.record.etag) if node.record is not None else None
-        key = self.namespace.key(path)
-        self.staging.mark_dirty(node.staging, key, self.effective_attrs(node), base)
+        self.staging.mark_dirty(node.staging, *self._recovery_info(node, path))
+
+    async def _make_durable(self, node: Node) -> None:
+        """Async mode: the staged content and its recovery record survive a crash."""
+        async with node.lock:
+            if not node.dirty or node.staging is None or node.path is None:
+                return
+            info = self._recovery_info(node, node.path)
+            await self.threads.run(self.staging.make_durable, node.staging, node.fd, *info)
+
+    def _submit(self, node: Node) -> None:
+        """Async mode: upload a closed dirty file in the background."""
+        self.queue.submit(node, self._background_upload)
+
+    async def _background_upload(self, node: Node) -> None:
+        """One queued upload; a file opened for writing again (or a temp file waiting for
+        its rename) is left to its next close. A failure keeps the data and is retried by
+        `retry_failed_uploads`; fsync() reports it."""
+        if node.writers or node.path is None or node.defer_until:
+            return
+        retry = node.upload_error is not None
+        space = deltaspace_of(self.namespace.key(node.path))
+        known = self.store.references.known
+        async with self.queue.first_in(space, lambda: known(space) is not None):
+            with contextlib.suppress(UploadFailed):
+                await self._upload_closed(node)
+                if retry:
+                    log.info("upload of %s succeeded on retry", node.path)
+        self.inodes.release(node)  # clean now: forgotten unless the kernel still knows it
 
     async def _drop_staging(self, node: Node) -> None:
         """After the last close of a clean file: move its content into the cache, free staging."""
@@ -241,9 +279,20 @@ class WriteBack:
         return True
 
     async def flush(self, node: Node) -> None:
-        """close() of a writable handle: upload now unless the file is a deferred temp file."""
-        if node.dirty and not self.defer(node):
+        """close() of a writable handle: upload now unless the file is a deferred temp file;
+        in async mode make its staged copy durable instead (uploaded after its release)."""
+        if not node.dirty:
+            return
+        if self.asynchronous:
+            await self._make_durable(node)
+        elif not self.defer(node):
             await self.upload(node)
+
+    async def made_by_mknod(self, node: Node) -> None:
+        """A regular file made by mknod (no close() follows): in async mode durable before
+        the reply, as a closed file is (sync mode uploads it at its release)."""
+        if self.asynchronous:
+            await self._make_durable(node)
 
     async def fsync(self, node: Node) -> None:
         """Store content and attributes now."""
@@ -253,9 +302,13 @@ class WriteBack:
 
     async def closed(self, node: Node) -> None:
         """After a handle closed: upload once no writer is left (a failure is retried in the
-        background, close() having reported it already) and free a clean staged copy."""
-        idle = node.writers == 0 and node.path is not None and node.upload_error is None
-        if node.dirty and idle and not self.defer(node):
+        background, close() having reported it already) and free a clean staged copy; in
+        async mode the upload is queued."""
+        idle = node.writers == 0 and node.path is not None
+        if node.dirty and idle and self.asynchronous and not self.defer(node):
+            self._submit(node)
+            return
+        if node.dirty and idle and node.upload_error is None and not self.defer(node):
             with contextlib.suppress(UploadFailed):
                 await self.upload(node)
         await self._drop_staging(node)
@@ -348,9 +401,14 @@ class WriteBack:
             if src.dirty and src.staging is not None:
                 self._mark_staged(src, new_path)
         self.namespace.note_file(old_path, None)
+        if self.asynchronous and src.dirty:
+            await self._make_durable(src)  # its recovery record names the new path
         if src.defer_until:
             src.defer_until = 0.0
-            await self._upload_closed(src)  # its error is rename()'s: close() did not report one
+            if self.asynchronous:
+                self._submit(src)
+            else:  # its error is rename()'s: close() did not report one
+                await self._upload_closed(src)
         if src.record is not None and not src.dirty:
             self.namespace.note_file(new_path, src.record)
 
@@ -359,25 +417,34 @@ class WriteBack:
     async def set_attrs(self, node: Node, new: PosixAttrs, changed: bool) -> None:
         """setattr of a file: carried by its pending upload, or coalesced for a clean file
         (applied by one self-copy within ATTR_DELAY, or folded into a rename: rsync's
-        chmod/utimes/chown then rename cost one copy, not four)."""
-        if node.dirty or node.record is None:
-            node.pending = new
-            if node.writers == 0 and not node.defer_until:
-                await self.upload(node)
-        elif changed:
-            node.pending = new
-            if not node.attrs_dirty:
-                node.attrs_dirty, node.attrs_since = True, time.monotonic()
+        chmod/utimes/chown then rename cost one copy, not four). An upload in flight lands
+        first: the change is not lost when it marks the file clean."""
+        async with node.lock:
+            if node.dirty or node.record is None:
+                node.pending = new
+            elif changed:
+                node.pending = new
+                if not node.attrs_dirty:
+                    node.attrs_dirty, node.attrs_since = True, time.monotonic()
+        if not node.dirty or node.writers or node.defer_until:
+            return
+        if self.asynchronous:
+            await self._make_durable(node)  # the sidecar carries the new attributes
+            self._submit(node)
+        else:
+            await self.upload(node)
 
     async def set_user_xattrs(self, node: Node, values: dict[str, bytes]) -> None:
-        """Replace a file's user xattrs (with its pending upload if it has one)."""
-        if node.dirty or node.record is None:
-            node.xattrs = values  # carried by the pending upload
-            return
-        attrs = self.effective_attrs(node)
-        node.record = await self.threads.run(self.store.set_attrs, node.record, attrs, values)
-        node.attrs_dirty, node.pending = False, None
-        self.namespace.records.remember(node.record)
+        """Replace a file's user xattrs (with its pending upload if it has one; one in
+        flight lands first)."""
+        async with node.lock:
+            if node.dirty or node.record is None:
+                node.xattrs = values  # carried by the pending upload
+                return
+            attrs = self.effective_attrs(node)
+            record = await self.threads.run(self.store.set_attrs, node.record, attrs, values)
+            node.record, node.attrs_dirty, node.pending = record, False, None
+            self.namespace.records.remember(node.record)
 
     async def apply_attrs(self, node: Node) -> None:
         """Write coalesced attribute changes of a clean file (one self-copy)."""
@@ -401,6 +468,10 @@ class WriteBack:
             await trio.sleep(self.opts.retry_interval)
             for node in self.inodes.dirty_nodes():
                 if node.writers == 0 and node.path is not None and not node.defer_until:
+                    if self.asynchronous:
+                        if not self.queue.busy(node):
+                            self._submit(node)
+                        continue
                     try:
                         await self._upload_closed(node)
                         log.info("upload of %s succeeded on retry", self.namespace.key(node.path))
