@@ -8,7 +8,10 @@ against it by codec.encode (decoded back and checked against the canonical sha25
 rebuilt (hashing only) and required to give the file's sha256 — before anything is PUT.
 Read (`reconstruct`): canonical(reference) through the cache, the delta decoded (bounded by
 `dgfs-canonical-size`), `dgfs-canonical-sha256` checked, rebuilt, `dg-file-sha256` checked.
-The reference itself stays the raw file (deltaglider layout).
+Canonicalizing the file and both rebuilds take streams unchanged since the reference from
+the reference's memo (core/archive/memo.py: no search, no re-deflate); a rebuild that fails
+with the memo is run again without it. The reference itself stays the raw file
+(deltaglider layout).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import codec, layout
-from core.archive import DEFAULT_LIMITS, canonicalize, rebuild, rebuilt_sha256, zpin
+from core.archive import DEFAULT_LIMITS, Memo, canonicalize, rebuild, rebuilt_sha256, zpin
 from core.cache import NotCacheable
 from core.errors import ArchiveError, DgError, IntegrityError, NoSpace, NotFound
 from core.hashing import sha256_file
@@ -173,16 +176,18 @@ def _archive(store, ref_path: Path, ref_sha: str, src: Path, sha: str, delta: Pa
             if ref_form is None:
                 return None
             started = time.perf_counter()
-            canon = canonicalize(src, canon_path)
-            started = _charge("canonicalize file", started)
-            if canon is None or _family(canon.transform) != _family(ref_form.transform):
-                return None
-            if codec.encode(ref_canon, canon_path, out, canon.sha256, limit) is None:
-                log.info("%s: archive delta exceeds the bound", name)
-                return None
-            started = _charge("encode + round trip", started)
-            rebuilt = rebuilt_sha256(canon_path)
-            _charge("rebuild check", started)
+            with Memo(ref_path, ref_canon) as memo:
+                started = _charge("reference memo", started)
+                canon = canonicalize(src, canon_path, memo=memo)
+                started = _charge("canonicalize file", started)
+                if canon is None or _family(canon.transform) != _family(ref_form.transform):
+                    return None
+                if codec.encode(ref_canon, canon_path, out, canon.sha256, limit) is None:
+                    log.info("%s: archive delta exceeds the bound", name)
+                    return None
+                started = _charge("encode + round trip", started)
+                rebuilt = _with_memo(lambda m: rebuilt_sha256(canon_path, memo=m), memo, name)
+                _charge("rebuild check", started)
             if rebuilt != sha:
                 raise ArchiveError("canonical form rebuilds to another file")
         except NoSpace:
@@ -209,6 +214,18 @@ def _archive(store, ref_path: Path, ref_sha: str, src: Path, sha: str, delta: Pa
         "dg-delta-cmd": "dgfs archive delta: xdelta3 of canonical forms (core/archive)",
     }
     return out, meta
+
+
+def _with_memo(run, memo: Memo, name: str):
+    """`run(memo)`; if that fails with an ArchiveError (a memo that does not describe its
+    reference), `run(None)`: every stream re-deflated."""
+    try:
+        return run(memo)
+    except ArchiveError as exc:
+        if not memo:
+            raise
+        log.warning("%s: rebuild with the reference's streams failed (%s); re-deflating", name, exc)
+        return run(None)
 
 
 # ---------------------------------------------------------------- read
@@ -286,10 +303,14 @@ def reconstruct(reader, record, base: Path, out: Path) -> None:
         if sha256_file(canon) != canon_sha:
             raise IntegrityError(f"{key}: decoded canonical form sha256 mismatch")
         started = _charge("read: decode + check", started)
-        try:
-            rebuild(canon, out)
-        except ArchiveError as exc:
-            raise IntegrityError(f"{key}: cannot rebuild archive ({exc})") from None
+        if not raw.exists():
+            fetch_raw()
+        with Memo(raw, ref_canon) as memo:
+            started = _charge("read: reference memo", started)
+            try:
+                _with_memo(lambda m: rebuild(canon, out, memo=m), memo, key)
+            except ArchiveError as exc:
+                raise IntegrityError(f"{key}: cannot rebuild archive ({exc})") from None
         _charge("read: rebuild", started)
     if sha256_file(out) != record.sha256:
         out.unlink(missing_ok=True)
