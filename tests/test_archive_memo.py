@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import random
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -120,3 +121,40 @@ def test_corrupt_reference_never_gives_other_bytes(tmp_path):
     assert not back.exists()
     rebuild(canon, back)  # the canonical form itself is sound
     assert back.read_bytes() == src.read_bytes()
+
+
+def _mount_zip(v: int) -> bytes:
+    """zip_version(v) plus one large member edited near its start in every version (its
+    deflated bytes all change: the byte delta is large, so the archive delta is tried)."""
+    buf = io.BytesIO(zip_version(v))
+    with zipfile.ZipFile(buf, "a") as z:
+        big = _text(50, 400_000)
+        info = zipfile.ZipInfo("pkg/big.json", date_time=(2024, 1, 1, 0, 0, 0))
+        z.writestr(info, big[:100] + f"version {v}".encode() * (v + 1) + big[100:],
+                   compress_type=zipfile.ZIP_DEFLATED)  # fmt: skip
+    return buf.getvalue()
+
+
+def _getfattr(path: Path, name: str) -> str:
+    proc = subprocess.run(
+        ["getfattr", "--only-values", "-n", name, str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_mount_zip_series_read_back_cold(mounter, bucket, tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    names = [f"pkg-1.{v}.whl" for v in range(3)]
+    for v, name in enumerate(names):
+        (local / name).write_bytes(_mount_zip(v))
+    m = mounter(bucket, "mnt", "--archive-deltas")
+    for name in names:
+        subprocess.run(["cp", str(local / name), str(m.path / name)], check=True)
+    for name in names[1:]:
+        assert _getfattr(m.path / name, "user.dg.transform") == "zip+gzip"
+    assert m.umount().returncode == 0
+    fresh = mounter(bucket, "fresh", cache="cold")
+    for name in reversed(names):
+        subprocess.run(["cmp", str(local / name), str(fresh.path / name)], check=True)
