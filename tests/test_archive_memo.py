@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from core import layout
 from core.archive import ArchiveError, Memo, canonicalize, containers, rebuild, rebuilt_sha256, zpin
+from core.config import DeltaSettings
+from core.deltastore import DeltaStore
 from core.hashing import sha256_file
 
 pytestmark = pytest.mark.skipif(not zpin.available(), reason="cmeel-zlib not installed")
@@ -158,3 +161,31 @@ def test_mount_zip_series_read_back_cold(mounter, bucket, tmp_path):
     fresh = mounter(bucket, "fresh", cache="cold")
     for name in reversed(names):
         subprocess.run(["cmp", str(local / name), str(fresh.path / name)], check=True)
+
+
+def test_store_read_survives_a_memo_giving_wrong_bytes(objectstore, tmp_path, monkeypatch):
+    settings = DeltaSettings(archive_deltas=True)
+    store = DeltaStore(objectstore, settings, workdir=tmp_path / "w")
+    versions = [_mount_zip(v) for v in range(2)]
+    try:
+        for v, data in enumerate(versions):
+            (tmp_path / f"v{v}").write_bytes(data)
+            record = store.put(tmp_path / f"v{v}", f"rel/pkg-1.{v}.whl")
+    finally:
+        store.close()
+    assert record.metadata[layout.META_TRANSFORM] == "zip+gzip"
+
+    emitted: list[int] = []
+
+    def rotten(self, stream, sink):
+        emitted.append(stream.end - stream.start)
+        sink(b"\0" * (stream.end - stream.start))
+
+    monkeypatch.setattr(Memo, "emit", rotten)
+    reader = DeltaStore(objectstore, settings, workdir=tmp_path / "r")
+    try:
+        reader.get("rel/pkg-1.1.whl", tmp_path / "out")  # the rebuild is retried without memo
+    finally:
+        reader.close()
+    assert emitted  # the memo was used, and its bytes refused
+    assert (tmp_path / "out").read_bytes() == versions[1]
