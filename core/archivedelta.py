@@ -38,6 +38,7 @@ log = logging.getLogger("dgfs.archive")
 TRANSFORM_VERSION = "1"
 TRY_ABOVE = 0.2  # an archive delta is tried when the byte delta is over 20 % of the file
 MEMO_SIZE = 512  # references whose canonical form (or "not an archive") is remembered
+STREAM_MEMOS = 4  # references whose stream memo (core/archive/memo.py) is kept
 _UNKNOWN = object()
 
 # seconds spent per phase of archive deltas, for scripts/bench (process-wide, approximate)
@@ -73,6 +74,7 @@ class Canonicals:
     def __init__(self, reader) -> None:
         self.reader = reader
         self._memo: OrderedDict[str, Form | None] = OrderedDict()
+        self._streams: OrderedDict[str, Memo] = OrderedDict()
         self._lock = threading.Lock()
 
     def _get(self, ref_sha: str):
@@ -111,6 +113,22 @@ class Canonicals:
             except NotCacheable:
                 pass
         return form
+
+    def streams(self, canonical_sha: str, raw: Path, canonical: Path) -> Memo:
+        """The stream memo of the reference whose canonical form (sha256 `canonical_sha`) is
+        at `canonical`, its raw bytes at `raw` (both verified): built once, kept for the next
+        files of the same reference."""
+        with self._lock:
+            memo = self._streams.get(canonical_sha)
+            if memo is not None:
+                self._streams.move_to_end(canonical_sha)
+                return memo.over(raw, canonical)
+        memo = Memo(raw, canonical)
+        with self._lock:
+            self._streams[canonical_sha] = memo
+            while len(self._streams) > STREAM_MEMOS:
+                self._streams.popitem(last=False)
+        return memo
 
     def materialise(self, canonical_sha: str, out: Path, raw) -> None:
         """canonical(reference) with sha256 `canonical_sha` into `out`, through the cache;
@@ -176,18 +194,18 @@ def _archive(store, ref_path: Path, ref_sha: str, src: Path, sha: str, delta: Pa
             if ref_form is None:
                 return None
             started = time.perf_counter()
-            with Memo(ref_path, ref_canon) as memo:
-                started = _charge("reference memo", started)
-                canon = canonicalize(src, canon_path, memo=memo)
-                started = _charge("canonicalize file", started)
-                if canon is None or _family(canon.transform) != _family(ref_form.transform):
-                    return None
-                if codec.encode(ref_canon, canon_path, out, canon.sha256, limit) is None:
-                    log.info("%s: archive delta exceeds the bound", name)
-                    return None
-                started = _charge("encode + round trip", started)
-                rebuilt = _with_memo(lambda m: rebuilt_sha256(canon_path, memo=m), memo, name)
-                _charge("rebuild check", started)
+            memo = store.reader.canonicals.streams(ref_form.sha256, ref_path, ref_canon)
+            started = _charge("reference memo", started)
+            canon = canonicalize(src, canon_path, memo=memo)
+            started = _charge("canonicalize file", started)
+            if canon is None or _family(canon.transform) != _family(ref_form.transform):
+                return None
+            if codec.encode(ref_canon, canon_path, out, canon.sha256, limit) is None:
+                log.info("%s: archive delta exceeds the bound", name)
+                return None
+            started = _charge("encode + round trip", started)
+            rebuilt = _with_memo(lambda m: rebuilt_sha256(canon_path, memo=m), memo, name)
+            _charge("rebuild check", started)
             if rebuilt != sha:
                 raise ArchiveError("canonical form rebuilds to another file")
         except NoSpace:
@@ -305,12 +323,12 @@ def reconstruct(reader, record, base: Path, out: Path) -> None:
         started = _charge("read: decode + check", started)
         if not raw.exists():
             fetch_raw()
-        with Memo(raw, ref_canon) as memo:
-            started = _charge("read: reference memo", started)
-            try:
-                _with_memo(lambda m: rebuild(canon, out, memo=m), memo, key)
-            except ArchiveError as exc:
-                raise IntegrityError(f"{key}: cannot rebuild archive ({exc})") from None
+        memo = reader.canonicals.streams(ref_canon_sha, raw, ref_canon)
+        started = _charge("read: reference memo", started)
+        try:
+            _with_memo(lambda m: rebuild(canon, out, memo=m), memo, key)
+        except ArchiveError as exc:
+            raise IntegrityError(f"{key}: cannot rebuild archive ({exc})") from None
         _charge("read: rebuild", started)
     if sha256_file(out) != record.sha256:
         out.unlink(missing_ok=True)

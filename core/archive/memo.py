@@ -14,7 +14,9 @@ still checked by the caller's SHA-256 of the result (the guard).
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import os
 import tempfile
 import zlib
 from collections.abc import Callable
@@ -58,7 +60,8 @@ class _Mismatch(Exception):
 
 class Memo:
     """Streams of one reference by the SHA-256 of their record and of their compressed bytes.
-    The two files must stay in place while the memo is used; close() when done."""
+    The two files must stay in place while the memo is used; over() gives the same memo over
+    other copies of them. Safe to share between threads."""
 
     def __init__(self, raw: Path, canonical: Path, limits: Limits = DEFAULT_LIMITS) -> None:
         """The memo of reference `raw` from its canonical form (empty if they disagree)."""
@@ -80,14 +83,11 @@ class Memo:
     def __len__(self) -> int:
         return len(self._by_record)
 
-    def __enter__(self) -> Memo:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._nested.close()
+    def over(self, raw: Path, canonical: Path) -> Memo:
+        """This memo over `raw` and `canonical`: copies of the files it was built from."""
+        view = copy.copy(self)
+        view._raw, view._canonical = raw, canonical
+        return view
 
     def by_record(self, digest: bytes) -> Stream | None:
         """The stream whose record has SHA-256 `digest` (records.stream_digest)."""
@@ -102,7 +102,7 @@ class Memo:
     def emit(self, stream: Stream, sink: Sink) -> None:
         """The stream's compressed bytes."""
         if stream.nested:
-            _copy(self._nested, stream.start, stream.end, sink)
+            _pread(self._nested.fileno(), stream.start, stream.end, sink)
             return
         with self._raw.open("rb") as f:
             _copy(f, stream.start, stream.end, sink)
@@ -226,6 +226,15 @@ def _range_digest(f: BinaryIO, start: int, end: int) -> bytes:
     digest = hashlib.sha256()
     _copy(f, start, end, digest.update)
     return digest.digest()
+
+
+def _pread(fd: int, start: int, end: int, sink: Sink) -> None:
+    while start < end:
+        chunk = os.pread(fd, min(COPY, end - start), start)
+        if not chunk:
+            raise ArchiveError("memo file truncated")
+        sink(chunk)
+        start += len(chunk)
 
 
 def _copy(f: BinaryIO, start: int, end: int, sink: Sink) -> None:
