@@ -234,7 +234,7 @@ def _archive(store, ref_path: Path, ref_sha: str, src: Path, sha: str, delta: Pa
     return out, meta
 
 
-def _with_memo(run, memo: Memo, name: str):
+def _with_memo(run, memo: Memo | None, name: str):
     """`run(memo)`; if that fails with an ArchiveError (a memo that does not describe its
     reference), `run(None)`: every stream re-deflated."""
     try:
@@ -287,6 +287,19 @@ def _is_sha(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
+def _read_memo(reader, ref_canon_sha: str, raw: Path, ref_canon: Path, fetch_raw,
+               key: str) -> Memo | None:  # fmt: skip
+    """The reference's stream memo for a read (the raw reference fetched if the canonical
+    form came from the cache); None when the raw reference is missing or corrupt."""
+    try:
+        if not raw.exists():
+            fetch_raw()
+    except IntegrityError as exc:
+        log.warning("%s: rebuilding without the reference's streams (%s)", key, exc)
+        return None
+    return reader.canonicals.streams(ref_canon_sha, raw, ref_canon)
+
+
 def reconstruct(reader, record, base: Path, out: Path) -> None:
     """The original of an archive delta `record` into `out`, every step checked
     (IntegrityError naming the key, never other bytes)."""
@@ -321,9 +334,7 @@ def reconstruct(reader, record, base: Path, out: Path) -> None:
         if sha256_file(canon) != canon_sha:
             raise IntegrityError(f"{key}: decoded canonical form sha256 mismatch")
         started = _charge("read: decode + check", started)
-        if not raw.exists():
-            fetch_raw()
-        memo = reader.canonicals.streams(ref_canon_sha, raw, ref_canon)
+        memo = _read_memo(reader, ref_canon_sha, raw, ref_canon, fetch_raw, key)
         started = _charge("read: reference memo", started)
         try:
             _with_memo(lambda m: rebuild(canon, out, memo=m), memo, key)

@@ -153,7 +153,8 @@ class _Walk:
                 record_end = reader.pos
                 reader.seek(record_start + 1)
                 record, inflated = stream_digest(reader, tag, depth, self.max_depth)
-                assert reader.pos == record_end
+                if reader.pos != record_end:
+                    raise _Mismatch("an N record ends in two places")
             else:
                 raise _Mismatch(f"unexpected record {tag!r}")
             self.out.append((record, _range_digest(src, pos, end),
