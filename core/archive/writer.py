@@ -61,7 +61,8 @@ class Writer:
     def copied(self, copy: Callable[[Callable[[bytes], None]], None], kinds: tuple[str, ...],
                inflated: int) -> None:  # fmt: skip
         """A whole D or N record taken from another canonical form: `copy(write)` writes
-        it; it sees through containers `kinds` and holds `inflated` payload bytes."""
+        it; it sees through containers `kinds` and holds `inflated` payload bytes (streams
+        kept compressed inside it are not counted in `kept`)."""
         self._flush()
         for kind in kinds:
             self._see(kind)
