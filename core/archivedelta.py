@@ -8,7 +8,10 @@ against it by codec.encode (decoded back and checked against the canonical sha25
 rebuilt (hashing only) and required to give the file's sha256 — before anything is PUT.
 Read (`reconstruct`): canonical(reference) through the cache, the delta decoded (bounded by
 `dgfs-canonical-size`), `dgfs-canonical-sha256` checked, rebuilt, `dg-file-sha256` checked.
-The reference itself stays the raw file (deltaglider layout).
+Canonicalizing the file and both rebuilds take streams unchanged since the reference from
+the reference's memo (core/archive/memo.py: no search, no re-deflate); a rebuild that fails
+with the memo is run again without it. The reference itself stays the raw file
+(deltaglider layout).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import codec, layout
-from core.archive import DEFAULT_LIMITS, canonicalize, rebuild, rebuilt_sha256, zpin
+from core.archive import DEFAULT_LIMITS, Memo, canonicalize, rebuild, rebuilt_sha256, zpin
 from core.cache import NotCacheable
 from core.errors import ArchiveError, DgError, IntegrityError, NoSpace, NotFound
 from core.hashing import sha256_file
@@ -35,6 +38,7 @@ log = logging.getLogger("dgfs.archive")
 TRANSFORM_VERSION = "1"
 TRY_ABOVE = 0.2  # an archive delta is tried when the byte delta is over 20 % of the file
 MEMO_SIZE = 512  # references whose canonical form (or "not an archive") is remembered
+STREAM_MEMOS = 4  # references whose stream memo (core/archive/memo.py) is kept
 _UNKNOWN = object()
 
 # seconds spent per phase of archive deltas, for scripts/bench (process-wide, approximate)
@@ -70,6 +74,7 @@ class Canonicals:
     def __init__(self, reader) -> None:
         self.reader = reader
         self._memo: OrderedDict[str, Form | None] = OrderedDict()
+        self._streams: OrderedDict[str, Memo] = OrderedDict()
         self._lock = threading.Lock()
 
     def _get(self, ref_sha: str):
@@ -108,6 +113,22 @@ class Canonicals:
             except NotCacheable:
                 pass
         return form
+
+    def streams(self, canonical_sha: str, raw: Path, canonical: Path) -> Memo:
+        """The stream memo of the reference whose canonical form (sha256 `canonical_sha`) is
+        at `canonical`, its raw bytes at `raw` (both verified): built once, kept for the next
+        files of the same reference."""
+        with self._lock:
+            memo = self._streams.get(canonical_sha)
+            if memo is not None:
+                self._streams.move_to_end(canonical_sha)
+                return memo.over(raw, canonical)
+        memo = Memo(raw, canonical)
+        with self._lock:
+            self._streams[canonical_sha] = memo
+            while len(self._streams) > STREAM_MEMOS:
+                self._streams.popitem(last=False)
+        return memo
 
     def materialise(self, canonical_sha: str, out: Path, raw) -> None:
         """canonical(reference) with sha256 `canonical_sha` into `out`, through the cache;
@@ -173,7 +194,9 @@ def _archive(store, ref_path: Path, ref_sha: str, src: Path, sha: str, delta: Pa
             if ref_form is None:
                 return None
             started = time.perf_counter()
-            canon = canonicalize(src, canon_path)
+            memo = store.reader.canonicals.streams(ref_form.sha256, ref_path, ref_canon)
+            started = _charge("reference memo", started)
+            canon = canonicalize(src, canon_path, memo=memo)
             started = _charge("canonicalize file", started)
             if canon is None or _family(canon.transform) != _family(ref_form.transform):
                 return None
@@ -181,7 +204,7 @@ def _archive(store, ref_path: Path, ref_sha: str, src: Path, sha: str, delta: Pa
                 log.info("%s: archive delta exceeds the bound", name)
                 return None
             started = _charge("encode + round trip", started)
-            rebuilt = rebuilt_sha256(canon_path)
+            rebuilt = _with_memo(lambda m: rebuilt_sha256(canon_path, memo=m), memo, name)
             _charge("rebuild check", started)
             if rebuilt != sha:
                 raise ArchiveError("canonical form rebuilds to another file")
@@ -209,6 +232,18 @@ def _archive(store, ref_path: Path, ref_sha: str, src: Path, sha: str, delta: Pa
         "dg-delta-cmd": "dgfs archive delta: xdelta3 of canonical forms (core/archive)",
     }
     return out, meta
+
+
+def _with_memo(run, memo: Memo | None, name: str):
+    """`run(memo)`; if that fails with an ArchiveError (a memo that does not describe its
+    reference), `run(None)`: every stream re-deflated."""
+    try:
+        return run(memo)
+    except ArchiveError as exc:
+        if not memo:
+            raise
+        log.warning("%s: rebuild with the reference's streams failed (%s); re-deflating", name, exc)
+        return run(None)
 
 
 # ---------------------------------------------------------------- read
@@ -252,6 +287,19 @@ def _is_sha(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
+def _read_memo(reader, ref_canon_sha: str, raw: Path, ref_canon: Path, fetch_raw,
+               key: str) -> Memo | None:  # fmt: skip
+    """The reference's stream memo for a read (the raw reference fetched if the canonical
+    form came from the cache); None when the raw reference is missing or corrupt."""
+    try:
+        if not raw.exists():
+            fetch_raw()
+    except IntegrityError as exc:
+        log.warning("%s: rebuilding without the reference's streams (%s)", key, exc)
+        return None
+    return reader.canonicals.streams(ref_canon_sha, raw, ref_canon)
+
+
 def reconstruct(reader, record, base: Path, out: Path) -> None:
     """The original of an archive delta `record` into `out`, every step checked
     (IntegrityError naming the key, never other bytes)."""
@@ -286,8 +334,10 @@ def reconstruct(reader, record, base: Path, out: Path) -> None:
         if sha256_file(canon) != canon_sha:
             raise IntegrityError(f"{key}: decoded canonical form sha256 mismatch")
         started = _charge("read: decode + check", started)
+        memo = _read_memo(reader, ref_canon_sha, raw, ref_canon, fetch_raw, key)
+        started = _charge("read: reference memo", started)
         try:
-            rebuild(canon, out)
+            _with_memo(lambda m: rebuild(canon, out, memo=m), memo, key)
         except ArchiveError as exc:
             raise IntegrityError(f"{key}: cannot rebuild archive ({exc})") from None
         _charge("read: rebuild", started)

@@ -7,6 +7,7 @@ the original bytes back, re-deflating with the pinned zlib (core.archive.zpin).
 
 from core.archive.canonical import Canonical, canonicalize
 from core.archive.limits import DEFAULT_LIMITS, Limits
+from core.archive.memo import Memo
 from core.archive.rebuild import rebuild, rebuilt_sha256
 from core.errors import ArchiveError
 
@@ -15,6 +16,7 @@ __all__ = [
     "ArchiveError",
     "Canonical",
     "Limits",
+    "Memo",
     "canonicalize",
     "rebuild",
     "rebuilt_sha256",

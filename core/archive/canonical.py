@@ -10,6 +10,7 @@ from typing import BinaryIO
 from core.archive import zpin
 from core.archive.containers import Context, region
 from core.archive.limits import DEFAULT_LIMITS, Budget, Limits, OverLimit
+from core.archive.memo import Memo
 from core.archive.writer import Writer
 
 HASH_CHUNK = 1 << 20
@@ -28,8 +29,11 @@ class Canonical:
     sha256: str
 
 
-def canonicalize(src: Path, out: Path, limits: Limits = DEFAULT_LIMITS) -> Canonical | None:
-    """Write the canonical form of `src` to `out`.
+def canonicalize(
+    src: Path, out: Path, limits: Limits = DEFAULT_LIMITS, memo: Memo | None = None
+) -> Canonical | None:
+    """Write the canonical form of `src` to `out`; streams whose compressed bytes are those
+    of a stream of the reference's `memo` take the reference's record as it is.
 
     None (and `out` removed) when nothing was inflated: not a zip or gzip container, no
     stream re-deflates exactly, a limit would be exceeded, or the pinned zlib is missing.
@@ -41,7 +45,7 @@ def canonicalize(src: Path, out: Path, limits: Limits = DEFAULT_LIMITS) -> Canon
     try:
         with src.open("rb") as f, out.open("wb") as o:
             writer = Writer(o, zpin.IMPLEMENTATION)
-            ctx = Context(writer, Budget(limits, size), out.parent)
+            ctx = Context(writer, Budget(limits, size), out.parent, memo or None)
             region(ctx, f, 0, size, 0)
             if writer.inflated:
                 digest = writer.finish(size, _sha256(f))

@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 from core.archive.divine import Diviner
 from core.archive.limits import Budget, OverLimit
+from core.archive.memo import Memo
 from core.archive.replay import reproduce
 from core.archive.window import Window
 from core.archive.writer import Writer
@@ -34,6 +35,7 @@ class Context:
     writer: Writer
     budget: Budget
     scratch: Path
+    memo: Memo | None = None  # the reference's streams, taken as they are when unchanged
     diviners: dict[int, Diviner] = field(default_factory=dict)  # per depth: one encoder each
 
     def diviner(self, depth: int) -> Diviner:
@@ -66,6 +68,9 @@ def _stream(ctx: Context, f: BinaryIO, start: int, limit: int, kind: str, depth:
     """Write the deflate stream at `start`; returns where it ended (`start` if it does not
     inflate cleanly: then nothing was written)."""
     ctx.budget.member()
+    guess = limit if kind == "zip" else limit - 8  # a zip member's data; a gzip's last member
+    if ctx.memo and (end := _reused(ctx, f, start, guess, kind, depth)):
+        return end
     with tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=ctx.scratch) as spool:
         outcome = reproduce(f, start, limit, ctx.diviner(depth), ctx.budget, spool)
         if outcome.end is None:
@@ -82,6 +87,20 @@ def _stream(ctx: Context, f: BinaryIO, start: int, limit: int, kind: str, depth:
                 return outcome.end
         ctx.writer.deflated(outcome.params, kind, spool, length, kept)
         return outcome.end
+
+
+def _reused(ctx: Context, f: BinaryIO, start: int, end: int, kind: str, depth: int) -> int | None:
+    """`end` if `f[start:end]` is a stream of the reference, then written as the reference's
+    record (no search, no re-deflate)."""
+    assert ctx.memo is not None
+    stream = ctx.memo.stream_at(f, start, end)
+    if stream is None:
+        return None
+    ctx.budget.inflate(stream.inflated)
+    ctx.diviner(depth).worked(stream.params)
+    kinds = (kind,) if stream.inner is None else (kind, stream.inner)
+    ctx.writer.copied(lambda write: ctx.memo.record(stream, write), kinds, stream.inflated)
+    return end
 
 
 def _gzip(ctx: Context, f: BinaryIO, start: int, end: int, depth: int) -> None:

@@ -5,6 +5,7 @@ and is written as one plain inflated stream instead."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -56,6 +57,17 @@ class Writer:
         self._copy(spool, 0, length)
         self.inflated += length - kept
         self.kept += kept
+
+    def copied(self, copy: Callable[[Callable[[bytes], None]], None], kinds: tuple[str, ...],
+               inflated: int) -> None:  # fmt: skip
+        """A whole D or N record taken from another canonical form: `copy(write)` writes
+        it; it sees through containers `kinds` and holds `inflated` payload bytes (streams
+        kept compressed inside it are not counted in `kept`)."""
+        self._flush()
+        for kind in kinds:
+            self._see(kind)
+        copy(self._write)
+        self.inflated += inflated
 
     def begin_nested(self, params: Params, kind: str) -> int:
         """A stream of container `kind` whose inflated bytes are described by the records
