@@ -349,7 +349,7 @@ def rclone_env(endpoint: str) -> dict[str, str]:
 def profile_start(pid: int, out: Path) -> subprocess.Popen:
     """Sample the dgfs daemon with py-spy (all threads, idle excluded) until it exits."""
     cmd = [ROOT / ".venv" / "bin" / "py-spy", "record", "--pid", pid, "--format", "raw"]
-    cmd += ["--output", out, "--nonblocking", "--rate", "50"]
+    cmd += ["--output", out, "--nonblocking", "--threads", "--rate", "50"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     proc = subprocess.Popen([str(c) for c in cmd], **quiet)
     proc.out = out  # type: ignore[attr-defined]

@@ -2,7 +2,7 @@
 """Slow-link workload: copy the release series over a bandwidth-limited path to S3.
 
     .venv/bin/python scripts/bench/slowlink.py [--quick] [--rate 50mbit] [--systems dgfs,s3fs]
-        [--series botocore] [--random N] [--per-file]
+        [--series botocore] [--random N] [--per-file] [--profile] [--keep]
 
 Creates a network namespace, shapes its loopback with a `tbf` qdisc, and re-runs itself
 inside it (`ip netns exec`), where a private local S3 server and every mount live on
@@ -60,7 +60,8 @@ def outside(args: argparse.Namespace) -> int:
 
 def inside(args: argparse.Namespace) -> int:
     """In the namespace: one server, each system copies the series, timed until stored."""
-    bench = harness.Bench(argparse.Namespace(quick=args.quick, tmp=None, keep=False, profile=False))
+    ns = argparse.Namespace(quick=args.quick, tmp=None, keep=args.keep, profile=args.profile)
+    bench = harness.Bench(ns)
     rows = []
     try:
         bench.start()
@@ -93,6 +94,8 @@ def inside(args: argparse.Namespace) -> int:
             bench.empty_bucket(bucket)
     finally:
         bench.close()
+    for tag, lines in bench.profiles:
+        harness.log(f"profile of the dgfs daemon mounted as {tag}:\n" + "\n".join(lines))
     print(json.dumps(rows))
     return 0
 
@@ -132,6 +135,8 @@ def main() -> int:
     ap.add_argument("--series", default="", help="release series to copy (default: all)")
     ap.add_argument("--random", type=int, default=0, help="also N random 8 MiB files")
     ap.add_argument("--per-file", action="store_true", help="one cp per file")
+    ap.add_argument("--profile", action="store_true", help="sample dgfs daemons with py-spy")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (profiles, logs)")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
