@@ -73,9 +73,9 @@ class DeltaSettings:
     # content when that is smaller. Off by default (measured: docs/benchmarks.md; reads of
     # such files take seconds of re-deflating), so every delta stays deltaglider-readable
     archive_deltas: bool = False
-    # cap on xdelta3's source window (-B), which it allocates in full: bounds memory for any
+    # cap on xdelta3's source window (-B), ~1/3 of an encode's memory: bounds memory for any
     # file size; larger references lose matches beyond it (DG_MAX_SOURCE_WINDOW_MB)
-    max_source_window: int = 256 * 2**20
+    max_source_window: int = 128 * 2**20
 
 
 def _flag(value: str) -> bool:

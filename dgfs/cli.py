@@ -183,7 +183,7 @@ def _mount_options(f):
         click.option(
             "--max-source-window",
             type=int,
-            help="Cap on xdelta3's source window in MB (its memory; default 256, or"
+            help="Cap on xdelta3's source window in MB (its memory; default 128, or"
             " DG_MAX_SOURCE_WINDOW_MB); larger compresses huge references better.",
         ),
         click.option("--no-delta", multiple=True, help="Glob of keys never delta-encoded."),

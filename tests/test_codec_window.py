@@ -72,6 +72,6 @@ def test_setting_reaches_the_codec(objectstore, tmp_path, window):
     store = DeltaStore(objectstore, settings, workdir=tmp_path / "w")
     assert codec.max_source_window() == 4 * MiB
     store.close()
-    assert DeltaSettings().max_source_window == 256 * MiB
+    assert DeltaSettings().max_source_window == 128 * MiB
     with pytest.raises(ConfigError):
         delta_settings_from_env({}, max_source_window=1000)
