@@ -18,7 +18,10 @@ from pathlib import Path
 from core.errors import CodecError, NoSpace
 
 MIN_SOURCE_WINDOW = 2**20  # xdelta3 allocates the whole window: 64 MiB cost ~110 ms per file
-MAX_SOURCE_WINDOW = 2**30
+# an encode's xdelta3 peaks at ~3× its source window (-9's hash tables; decode ~1×): measured
+# 392 MiB for -B 128 MiB on a 2 GiB file, 776 MiB for 256 MiB; daemon + child stay < 600 MB
+DEFAULT_MAX_SOURCE_WINDOW = 2**27
+_max_source_window = DEFAULT_MAX_SOURCE_WINDOW
 STREAM_WINDOW = 2**20
 NO_EXTERNAL_COMPRESSION = ("-D", "-R")  # never decompress inputs, never recompress output
 CHUNK = 1 << 20
@@ -59,15 +62,31 @@ def compression_of(path: Path) -> str | None:
     return next((name for magic, name in _COMPRESSED_MAGIC if head.startswith(magic)), None)
 
 
+def set_max_source_window(nbytes: int) -> None:
+    """Cap every later run's source window (`-B`) at `nbytes` (at least MIN_SOURCE_WINDOW).
+
+    References larger than the cap still encode and decode (xdelta3 seeks in the reference
+    file); matches farther than the window from their place in the target are lost."""
+    global _max_source_window
+    if nbytes < MIN_SOURCE_WINDOW:
+        raise ValueError(f"source window must be at least {MIN_SOURCE_WINDOW} bytes")
+    _max_source_window = nbytes
+
+
+def max_source_window() -> int:
+    """The current cap on xdelta3's source window, in bytes."""
+    return _max_source_window
+
+
 def _source_window(reference: Path) -> int:
     """A source window covering the whole reference (xdelta3's default 64 MiB misses matches
     in larger references, and costs 10× the time of a small window on small files), a power
-    of two from 1 MiB, capped at 1 GiB of memory."""
+    of two from 1 MiB, at most max_source_window() (xdelta3 allocates it in full)."""
     size = reference.stat().st_size
     window = MIN_SOURCE_WINDOW
-    while window < size and window < MAX_SOURCE_WINDOW:
+    while window < size and window < _max_source_window:
         window *= 2
-    return window
+    return min(window, _max_source_window)
 
 
 def _run(args: list[str], what: str) -> None:

@@ -73,6 +73,9 @@ class DeltaSettings:
     # content when that is smaller. Off by default (measured: docs/benchmarks.md; reads of
     # such files take seconds of re-deflating), so every delta stays deltaglider-readable
     archive_deltas: bool = False
+    # cap on xdelta3's source window (-B), ~1/3 of an encode's memory: bounds memory for any
+    # file size; larger references lose matches beyond it (DG_MAX_SOURCE_WINDOW_MB)
+    max_source_window: int = 128 * 2**20
 
 
 def _flag(value: str) -> bool:
@@ -139,7 +142,7 @@ def s3_settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> S
 
 def delta_settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> DeltaSettings:
     """Delta policy from `DG_MAX_RATIO`, `DG_MIN_DELTA_SIZE`, `DG_DELTA_EXTENSIONS_ONLY`,
-    `DG_REFERENCE_POLICY`, `DG_ARCHIVE_DELTAS`."""
+    `DG_REFERENCE_POLICY`, `DG_ARCHIVE_DELTAS`, `DG_MAX_SOURCE_WINDOW_MB`."""
     env = os.environ if env is None else env
     values: dict = {}
     if env.get("DG_MAX_RATIO"):
@@ -149,6 +152,9 @@ def delta_settings_from_env(env: Mapping[str, str] | None = None, **overrides) -
     if env.get("DG_MAX_DELTA_SIZE_MB"):
         mb = _number("DG_MAX_DELTA_SIZE_MB", env["DG_MAX_DELTA_SIZE_MB"], int)
         values["max_delta_size"] = int(mb) * 2**20
+    if env.get("DG_MAX_SOURCE_WINDOW_MB"):
+        mb = _number("DG_MAX_SOURCE_WINDOW_MB", env["DG_MAX_SOURCE_WINDOW_MB"], int)
+        values["max_source_window"] = int(mb) * 2**20
     if env.get("DG_DELTA_EXTENSIONS_ONLY"):
         values["extensions_only"] = _flag(env["DG_DELTA_EXTENSIONS_ONLY"])
     if env.get("DG_NO_DELTA"):
@@ -167,6 +173,10 @@ def delta_settings_from_env(env: Mapping[str, str] | None = None, **overrides) -
         raise ConfigError(
             f"reference policy {settings.reference_policy!r} is not one of "
             + ", ".join(REFERENCE_POLICIES)
+        )
+    if settings.max_source_window < 2**20:
+        raise ConfigError(
+            f"max source window must be at least 1 MiB, got {settings.max_source_window}"
         )
     if not 0.0 < settings.max_ratio <= 1.0:
         raise ConfigError(f"max ratio must be in (0, 1], got {settings.max_ratio}")

@@ -69,6 +69,9 @@ class DeltaStore:
     ) -> None:
         self.store = store
         self.settings = settings
+        codec.set_max_source_window(
+            getattr(settings, "max_source_window", codec.DEFAULT_MAX_SOURCE_WINDOW)
+        )
         self.policy = policy or make_policy(getattr(settings, "reference_policy", None))
         self.cache = cache
         self.tool = tool

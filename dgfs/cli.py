@@ -180,6 +180,12 @@ def _mount_options(f):
         ),
         click.option("--max-ratio", type=float, help="Store direct above this delta ratio."),
         click.option("--max-delta-size", type=int, help="Skip delta encoding above this (MB)."),
+        click.option(
+            "--max-source-window",
+            type=int,
+            help="Cap on xdelta3's source window in MB (its memory; default 128, or"
+            " DG_MAX_SOURCE_WINDOW_MB); larger compresses huge references better.",
+        ),
         click.option("--no-delta", multiple=True, help="Glob of keys never delta-encoded."),
         click.option(
             "--reference-policy",

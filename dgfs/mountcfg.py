@@ -25,6 +25,7 @@ INT_OPTIONS = {
     "cache_size",
     "memory_cache_size",
     "max_delta_size",
+    "max_source_window",
     "rename_dir_limit",
     "upload_workers",
     "ready_fd",
@@ -107,6 +108,7 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
             storage_class=opts.get("storage_class"),
         )
         max_delta = opts.get("max_delta_size")
+        window = opts.get("max_source_window")
         delta = delta_settings_from_env(
             max_ratio=opts.get("max_ratio"),
             max_delta_size=max_delta * 2**20 if max_delta else None,
@@ -114,6 +116,7 @@ def build(ctx: click.Context, source: str, mountpoint: Path, kw: dict, parse_o):
             no_delta_patterns=tuple(opts.get("no_delta") or ()) or None,
             reference_policy=opts.get("reference_policy"),
             archive_deltas=opts.get("archive_deltas"),
+            max_source_window=window * 2**20 if window else None,
         )
         cache = CacheSettings.from_env(
             key_file=opts.get("cache_key_file"),

