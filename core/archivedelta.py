@@ -84,6 +84,11 @@ class Canonicals:
             self._memo.move_to_end(ref_sha)
             return self._memo[ref_sha]
 
+    def lacks_form(self, ref_sha: str) -> bool:
+        """Whether the reference is known to have no canonical form (not an archive, or
+        nothing in it re-deflates): no archive delta can be made against it."""
+        return self._get(ref_sha) is None
+
     def remember(self, ref_sha: str, form: Form | None) -> None:
         with self._lock:
             self._memo[ref_sha] = form

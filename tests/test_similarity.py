@@ -87,3 +87,35 @@ def test_store_skips_the_encode_of_an_unrelated_file(deltastore, tmp_path, monke
     out = tmp_path / "out"
     deltastore.get("d/b.zip", out)
     assert out.read_bytes() == random_bytes(4 * MiB, 9)
+
+
+def test_estimate_used_with_archive_deltas_once_the_reference_is_no_archive(
+    objectstore, tmp_path, monkeypatch
+):
+    """With archive deltas on, the estimate is skipped while the reference might have a
+    canonical form; once it is known to have none (a binary), unrelated files skip the encode
+    again, as with archive deltas off."""
+    from core import codec
+    from core.config import DeltaSettings
+    from core.deltastore import DeltaStore
+    from core.layout import Kind
+    from tests.datagen import random_bytes, write
+
+    encodes = []
+    real = codec.encode
+    monkeypatch.setattr(codec, "encode", lambda *a, **k: encodes.append(a[1]) or real(*a, **k))
+    store = DeltaStore(objectstore, DeltaSettings(archive_deltas=True), workdir=tmp_path / "w")
+    try:
+        store.put(write(tmp_path / "a", random_bytes(4 * MiB, 1)), "d/a.whl")  # the reference
+        assert len(encodes) == 1
+        for n, seed in enumerate((2, 3), start=1):
+            src = write(tmp_path / f"b{n}", random_bytes(4 * MiB, seed))
+            record = store.put(src, f"d/b{n}.whl")
+            assert record.kind == Kind.DIRECT
+        # b1: byte delta tried (and the reference found to be no archive); b2: estimate only
+        assert len(encodes) == 2 and store.similarity.skipped == 1
+        out = tmp_path / "out"
+        store.get("d/b2.whl", out)
+        assert out.read_bytes() == random_bytes(4 * MiB, 3)
+    finally:
+        store.close()

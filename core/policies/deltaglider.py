@@ -53,7 +53,11 @@ class DeltagliderPolicy(ReferencePolicy):
                     if not looks_related(sniff(src), sniff(local), same_suffix):
                         return None
                     max_ratio = store.settings.max_ratio
-                    archives = store.settings.archive_deltas  # bytes may differ, content not
+                    # archives' bytes may differ where their content does not: no estimate,
+                    # unless the reference is known to have no canonical form
+                    archives = store.settings.archive_deltas and not (
+                        store.reader.canonicals.lacks_form(ref.sha256)
+                    )
                     if not archives and store.similarity.hopeless(
                         src, ref.sha256, local, max_ratio
                     ):

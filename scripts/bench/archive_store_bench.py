@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Archive deltas through the store (issue #14): a wheel series and an sdist series written
-with `archive_deltas` on and off (default `deltaglider` policy), then read back cold.
+"""Archive deltas through the store (issue #14): a wheel series, an sdist series and a binary
+wheel series written with `archive_deltas` on and off (default `deltaglider` policy), then
+read back cold.
 
-    .venv/bin/python scripts/bench/archive_store_bench.py [--quick] [--json]
+    .venv/bin/python scripts/bench/archive_store_bench.py [--quick] [--json] [--series NAME]
 
 Files come from scripts/bench/policy_bench.py's `fetch` (data/bench-cache/, git-ignored).
 Each run writes the series in release order into its own bucket of a private local S3
@@ -41,8 +42,9 @@ from dgfs import localserver  # noqa: E402
 SERIES = [
     ("botocore", [f"1.35.{i}" for i in range(12)], False),
     ("botocore-sdist", [f"1.35.{i}" for i in range(6)], True),
+    ("ruff", [f"0.6.{i}" for i in range(8)], False),  # a Rust binary: nothing re-deflates
 ]
-QUICK = {"botocore": 10, "botocore-sdist": 6}
+QUICK = {"botocore": 10, "botocore-sdist": 6, "ruff": 8}
 
 
 def log(msg: str) -> None:
@@ -104,8 +106,12 @@ def run(s3, paths: list[Path], archive: bool, tmp: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="10 wheels and 6 sdists")
+    ap.add_argument("--quick", action="store_true", help="10 wheels, 6 sdists, 8 ruff wheels")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--series", action="append", choices=[name for name, _, _ in SERIES],
+        help="only these series (repeatable; default: all)",
+    )  # fmt: skip
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="dgfs-archive-bench-") as tmpdir:
@@ -115,6 +121,8 @@ def main() -> int:
         try:
             s3 = s3_settings_from_env()
             for name, versions, sdist in SERIES:
+                if args.series and name not in args.series:
+                    continue
                 count = QUICK[name] if args.quick else len(versions)
                 paths = fetch(name.removesuffix("-sdist"), versions[:count], sdist=sdist)
                 original = sum(p.stat().st_size for p in paths)
