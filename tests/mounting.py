@@ -69,3 +69,11 @@ def mount_status(mountpoint: Path) -> dict:
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def xattr_value(path: Path, name: str) -> str | None:
+    """`getfattr --only-values -n NAME PATH` as text; None when the attribute is absent."""
+    proc = subprocess.run(
+        ["getfattr", "--only-values", "-n", name, str(path)], capture_output=True, text=True
+    )
+    return proc.stdout if proc.returncode == 0 else None

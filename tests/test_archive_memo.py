@@ -19,6 +19,7 @@ from core.archive import ArchiveError, Memo, canonicalize, containers, rebuild, 
 from core.config import DeltaSettings
 from core.deltastore import DeltaStore
 from core.hashing import sha256_file
+from tests.mounting import xattr_value
 
 pytestmark = pytest.mark.skipif(not zpin.available(), reason="cmeel-zlib not installed")
 
@@ -138,14 +139,6 @@ def _mount_zip(v: int) -> bytes:
     return buf.getvalue()
 
 
-def _getfattr(path: Path, name: str) -> str:
-    proc = subprocess.run(
-        ["getfattr", "--only-values", "-n", name, str(path)], capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
 def test_mount_zip_series_read_back_cold(mounter, bucket, tmp_path):
     local = tmp_path / "local"
     local.mkdir()
@@ -156,7 +149,7 @@ def test_mount_zip_series_read_back_cold(mounter, bucket, tmp_path):
     for name in names:
         subprocess.run(["cp", str(local / name), str(m.path / name)], check=True)
     for name in names[1:]:
-        assert _getfattr(m.path / name, "user.dg.transform") == "zip+gzip"
+        assert xattr_value(m.path / name, "user.dg.transform") == "zip+gzip"
     assert m.umount().returncode == 0
     fresh = mounter(bucket, "fresh", cache="cold")
     for name in reversed(names):

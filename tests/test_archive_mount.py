@@ -18,6 +18,9 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.mounting import xattr_value
+from tests.test_archive import _Unseekable
+
 WORDS = [f"w{i:03d}" for i in range(400)] + ["{", "}", '"key":', "[", "]", "\n", "true"]
 
 
@@ -42,20 +45,6 @@ def _zip_bytes(members, zip64: bool = False) -> bytes:
             with z.open(info, "w", force_zip64=zip64) as member:
                 member.write(data)
     return buf.getvalue()
-
-
-class _Unseekable(io.RawIOBase):
-    """A write-only stream: zipfile then writes data descriptors after each member."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        self.buf += b
-        return len(b)
 
 
 def _zip_stored_and_deflated(v: int) -> bytes:
@@ -172,13 +161,6 @@ CASES: dict[str, tuple[Maker, str, str]] = {
 }
 
 
-def _xattr(path: Path, name: str) -> str | None:
-    proc = subprocess.run(
-        ["getfattr", "--only-values", "-n", name, str(path)], capture_output=True, text=True
-    )
-    return proc.stdout if proc.returncode == 0 else None
-
-
 def test_every_container_type_through_a_mount_read_back_cold(mounter, bucket, tmp_path):
     local = tmp_path / "local"
     files: list[tuple[str, Path]] = []  # (path in the mount, local original)
@@ -195,10 +177,10 @@ def test_every_container_type_through_a_mount_read_back_cold(mounter, bucket, tm
     for rel, src in files:
         subprocess.run(["cp", str(src), str(m.path / rel)], check=True)
     for case, (_, name, transform) in CASES.items():
-        got = _xattr(m.path / case / f"v1-{name}", "user.dg.transform")
+        got = xattr_value(m.path / case / f"v1-{name}", "user.dg.transform")
         if transform:
             assert got == transform, case
-            assert int(_xattr(m.path / case / f"v1-{name}", "user.dg.inflated") or 0) > 0, case
+            assert int(xattr_value(m.path / case / f"v1-{name}", "user.dg.inflated") or 0) > 0, case
         else:
             assert got is None, case  # stored as without the option
     assert m.umount().returncode == 0

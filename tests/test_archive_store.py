@@ -24,6 +24,7 @@ from core.errors import IntegrityError
 from core.layout import Kind
 from dgfs.cli import parse_o_options
 from dgfs.xattrs import file_xattrs
+from tests.mounting import xattr_value
 
 WORDS = [f"w{i:03d}" for i in range(400)] + ["{", "}", '"key":', "[", "]", "\n", "true"]
 
@@ -224,14 +225,6 @@ def test_setting_from_env_and_mount_options():
     assert parse_o_options(("no_archive_deltas",)) == {"archive_deltas": False}
 
 
-def _getfattr(path: Path, name: str) -> str:
-    proc = subprocess.run(
-        ["getfattr", "--only-values", "-n", name, str(path)], capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
 def test_mount_series_read_back_cold(mounter, bucket, tmp_path):
     local = tmp_path / "local"
     local.mkdir()
@@ -247,9 +240,9 @@ def test_mount_series_read_back_cold(mounter, bucket, tmp_path):
     where = {n: "wheels" if n.endswith(".whl") else "sdists" for n in names}
     for name in names:
         subprocess.run(["cp", str(local / name), str(m.path / where[name] / name)], check=True)
-    assert _getfattr(m.path / "wheels/pkg-1.2.whl", "user.dg.transform") == "zip+gzip"
-    assert _getfattr(m.path / "sdists/pkg-1.1.tar.gz", "user.dg.transform") == "gzip"
-    assert int(_getfattr(m.path / "wheels/pkg-1.2.whl", "user.dg.inflated")) > 100_000
+    assert xattr_value(m.path / "wheels/pkg-1.2.whl", "user.dg.transform") == "zip+gzip"
+    assert xattr_value(m.path / "sdists/pkg-1.1.tar.gz", "user.dg.transform") == "gzip"
+    assert int(xattr_value(m.path / "wheels/pkg-1.2.whl", "user.dg.inflated")) > 100_000
     assert m.umount().returncode == 0
     fresh = mounter(bucket, "fresh", "-o", "archive_deltas=0", cache="cold")  # reads anyway
     for name in names:
